@@ -1,0 +1,66 @@
+# Two commands do everything on a fresh Debian machine with Python 3.11 (no GPU needed):
+#   make reproduce   run every notebook in order (quick profile), write figures/ and runs/quick/
+#   make test        the unit tests plus every notebook in the smoke profile
+# Each creates .venv if needed, installs the pinned dependencies and the package (editable),
+# and installs the offline Fashion-MNIST (Debian package) where apt can.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+PROFILE ?= quick
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+PYTEST_ARGS ?=
+
+.PHONY: help setup data reproduce test test-quick test-paper lab strip clean-cache
+
+help:
+	@echo "make reproduce   run all notebooks (PROFILE=$(PROFILE)), write figures/ and runs/$(PROFILE)/"
+	@echo "make test        unit tests + every notebook in the smoke profile"
+	@echo "make test-quick  slower checks of real quick-profile results"
+	@echo "make test-paper  the paper-profile GPU check (skipped without CUDA)"
+	@echo "make lab         JupyterLab on notebooks/"
+	@echo "make strip       strip outputs from notebooks/*.ipynb"
+
+# The virtual environment, rebuilt whenever pyproject.toml changes (the stamp names its checksum).
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[test]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+setup: $(STAMP) data
+
+# Fashion-MNIST from Debian's package, where apt can install it (root, or passwordless sudo).
+# Skipped when TSBD_DATA_DIR is set or the files are already there.
+data:
+	@if [ -n "$$TSBD_DATA_DIR" ] || [ -f $(FMNIST) ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "note: apt-get not found; get Fashion-MNIST yourself and set TSBD_DATA_DIR (see README.md)"; exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	else echo "note: installing dataset-fashion-mnist needs root: sudo apt-get install dataset-fashion-mnist"; exit 0; fi; \
+	echo "installing dataset-fashion-mnist (Debian package, about 30 MB)"; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null \
+		|| echo "warning: apt-get could not install dataset-fashion-mnist; see README.md for other ways to get it"
+
+reproduce: setup
+	$(PY) -m tsbd_utils.reproduce --profile $(PROFILE)
+
+test: setup
+	$(PY) -m pytest -m "not slow and not paper" $(PYTEST_ARGS)
+
+test-quick: setup
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+test-paper: setup
+	$(PY) -m pytest -m paper $(PYTEST_ARGS)
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+strip: $(STAMP)
+	$(VENV)/bin/nbstripout --keep-id notebooks/*.ipynb
+
+clean-cache:
+	rm -rf .cache runs

@@ -1,0 +1,85 @@
+"""Metrics as pure functions of predictions, plus ``predict``.
+
+Conventions (BackdoorBench, TSBD): ACC is accuracy on the clean test set; ASR the share of
+backdoor test images (target-class images excluded) classified as the target; RA the share of
+the same images classified as their true class. All three are fractions in [0, 1]; tables show
+them x100. DER (FT-SAM, Zhu et al. ICCV 2023) rewards an ASR drop and charges an ACC drop.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _check_pair(pred: torch.Tensor, labels: torch.Tensor) -> None:
+    if pred.shape != labels.shape or pred.ndim != 1:
+        raise ValueError(f"predictions {tuple(pred.shape)} and labels {tuple(labels.shape)} must be equal 1-d shapes")
+    if len(pred) == 0:
+        raise ValueError("no predictions to score")
+
+
+def accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of predictions equal to the labels."""
+    _check_pair(pred, labels)
+    return (pred == labels).double().mean().item()
+
+
+def attack_success_rate(pred: torch.Tensor, target: int, true_labels: torch.Tensor | None = None) -> float:
+    """Share of backdoor test images classified as ``target``.
+
+    If ``true_labels`` is given, images whose true class is already the target are left out
+    (BackdoorBench builds its backdoor test set without them).
+    """
+    if true_labels is not None:
+        _check_pair(pred, true_labels)
+        pred = pred[true_labels != target]
+    return accuracy(pred, torch.full_like(pred, target))
+
+
+def robust_accuracy(pred: torch.Tensor, true_labels: torch.Tensor) -> float:
+    """Share of backdoor test images still classified as their true class."""
+    return accuracy(pred, true_labels)
+
+
+def defense_effectiveness_rating(acc_bd: float, asr_bd: float, acc_def: float, asr_def: float) -> float:
+    """DER = [max(0, ASR_bd - ASR_def) - max(0, ACC_bd - ACC_def) + 1] / 2, in [0, 1].
+
+    Inputs are fractions in [0, 1] (not percentages). An unchanged model scores 0.5; removing a
+    100% ASR at no accuracy cost scores 1.
+    """
+    for name, value in (("acc_bd", acc_bd), ("asr_bd", asr_bd), ("acc_def", acc_def), ("asr_def", asr_def)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} = {value!r} is outside [0, 1]; pass fractions, not percentages")
+    return (max(0.0, asr_bd - asr_def) - max(0.0, acc_bd - acc_def) + 1.0) / 2.0
+
+
+def _as_float_batch(batch: torch.Tensor) -> torch.Tensor:
+    if batch.dtype == torch.uint8:
+        return batch.float().div_(255)
+    if not batch.is_floating_point():
+        raise ValueError(f"images must be uint8 or float in [0, 1], got {batch.dtype}")
+    return batch.float()
+
+
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1024,
+            device: str | torch.device | None = None) -> torch.Tensor:
+    """Predicted labels (int64, on the CPU) for uint8 or [0, 1] float images (N, C, H, W).
+
+    Runs in eval mode under ``torch.inference_mode()`` in large batches and restores the
+    model's train/eval mode afterwards.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                batch = _as_float_batch(images[start:start + batch_size].to(device, non_blocking=True))
+                out.append(model(batch).argmax(1).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)

@@ -1,0 +1,37 @@
+"""Where things go: the project root, the artifact cache, runs and figures.
+
+The project root is found from the installed package (``make`` installs it editable), so the
+default locations do not depend on the directory a notebook or script runs from.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def project_root() -> Path | None:
+    """The source checkout holding this package, or None for a non-editable install."""
+    root = Path(__file__).resolve().parents[1]
+    pyproject = root / "pyproject.toml"
+    if pyproject.is_file() and 'name = "tsbd-utils"' in pyproject.read_text():
+        return root
+    return None
+
+
+def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """``explicit`` (the CACHE_DIR parameter), else ``$TSBD_CACHE_DIR``, else ``.cache/`` in the project."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("TSBD_CACHE_DIR"):
+        return Path(os.environ["TSBD_CACHE_DIR"])
+    root = project_root()
+    return root / ".cache" if root else Path.home() / ".cache" / "tsbd" / "artifacts"
+
+
+def run_dir(profile: str, explicit: str | os.PathLike | None = None) -> Path:
+    """``explicit`` (the RUN_DIR parameter), else ``runs/<profile>/`` in the project."""
+    if explicit:
+        return Path(explicit)
+    root = project_root() or Path.cwd()
+    return root / "runs" / profile

@@ -1,0 +1,114 @@
+"""One look for every figure, a stable way to save them, and the standard plots.
+
+``savefig`` writes ``<figures_dir>/<NN_slug>.png``: the notebook number keeps figures sorted in
+teaching order, and the name stays stable so the README and the notebooks can refer to it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import seaborn as sns
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+_NAME = re.compile(r"^\d\d_[a-z0-9_]+$")
+
+
+def setup(context: str = "notebook") -> None:
+    """The suite's theme: seaborn whitegrid, the colour-blind palette."""
+    sns.set_theme(context=context, style="whitegrid", palette="colorblind")
+    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "axes.titleweight": "bold"})
+
+
+def savefig(fig: Figure, name: str, figures_dir: str | os.PathLike) -> Path:
+    """Save ``fig`` as ``<figures_dir>/<name>.png`` atomically and return the path.
+
+    ``name`` is ``NN_slug`` (for example ``00_dataset_preview``), lower case.
+    """
+    if not _NAME.match(name):
+        raise ValueError(f"figure name {name!r} must look like 'NN_slug' (two digits, underscore, lower-case slug)")
+    folder = Path(figures_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".png")
+    os.close(fd)
+    try:
+        # No "Software" metadata: the PNG then does not change with the matplotlib version.
+        fig.savefig(tmp, bbox_inches="tight", metadata={"Software": None})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def show_image(ax, image: torch.Tensor, title: str | None = None) -> None:
+    """One (C, H, W) image, uint8 or float in [0, 1], grayscale or RGB, without axes."""
+    img = image.detach().cpu()
+    img = img.float() / 255 if img.dtype == torch.uint8 else img.float()
+    img = img.clamp(0, 1).permute(1, 2, 0)
+    if img.shape[2] == 1:
+        ax.imshow(img[:, :, 0], cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(img)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    if title:
+        ax.set_title(title, fontsize=8, fontweight="normal")
+
+
+def image_grid(images: torch.Tensor, nrows: int, ncols: int, *, title: str,
+               row_labels: Sequence[str] | None = None, cell: float = 1.0) -> Figure:
+    """A grid of images filled row by row, with optional row labels on the left."""
+    if len(images) < nrows * ncols:
+        raise ValueError(f"{len(images)} images cannot fill a {nrows} x {ncols} grid")
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * cell + 1.5, nrows * cell + 0.6), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        show_image(ax, images[i])
+    if row_labels is not None:
+        for ax, label in zip(axes[:, 0], row_labels):
+            ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def flow_diagram(lanes: Sequence[tuple[str, Sequence[str]]], *, title: str, width: float = 12.0) -> Figure:
+    """Boxes joined by arrows, one horizontal lane per actor, the last box of a lane feeding the next lane.
+
+    ``lanes`` is a sequence of (lane label, box texts). Used for the attack/defense pipeline.
+    """
+    colors = sns.color_palette("colorblind", len(lanes))
+    ncols = max(len(boxes) for _, boxes in lanes)
+    fig, ax = plt.subplots(figsize=(width, 1.6 * len(lanes) + 0.4))
+    ax.set_xlim(-1.6, ncols * 3.0)
+    ax.set_ylim(-1.6 * len(lanes) + 0.6, 1.0)
+    ax.axis("off")
+    previous_end = None
+    for row, ((label, boxes), color) in enumerate(zip(lanes, colors)):
+        y = -1.6 * row
+        ax.text(-1.5, y, label, ha="left", va="center", fontsize=11, fontweight="bold", color=color)
+        for col, text in enumerate(boxes):
+            x = col * 3.0
+            ax.add_patch(FancyBboxPatch((x, y - 0.5), 2.4, 1.0, boxstyle="round,pad=0.05",
+                                        facecolor=(*color, 0.15), edgecolor=color, linewidth=1.5))
+            ax.text(x + 1.2, y, text, ha="center", va="center", fontsize=9, wrap=True)
+            if col > 0:
+                ax.add_patch(FancyArrowPatch((x - 0.6, y), (x - 0.02, y), arrowstyle="-|>", mutation_scale=14, color="0.3"))
+        if previous_end is not None:
+            # Route the hand-over through the gap between lanes: down, left, down into the first box.
+            x_from, y_from = previous_end
+            y_gap = y + 0.8
+            ax.plot([x_from, x_from, 1.2], [y_from, y_gap, y_gap], color="0.3", linewidth=1.2)
+            ax.add_patch(FancyArrowPatch((1.2, y_gap), (1.2, y + 0.57), arrowstyle="-|>", mutation_scale=14, color="0.3"))
+        previous_end = ((len(boxes) - 1) * 3.0 + 1.2, y - 0.57)
+    ax.set_title(title)
+    return fig

@@ -1,0 +1,136 @@
+"""Run every notebook in order, headlessly, with papermill.
+
+    python -m tsbd_utils.reproduce --profile quick            # what `make reproduce` runs
+    python -m tsbd_utils.reproduce --profile paper --device cuda --data-dir /data
+    python -m tsbd_utils.reproduce --only 00 01               # a subset, still in order
+
+Executed copies and each notebook's ``NN_results.json`` go to ``runs/<profile>/``; figures go to
+``figures/``. Trained models come from the cache, so an interrupted run resumes where it stopped.
+The same :func:`run_notebook` serves the tests: a parameter a notebook does not declare is an
+error there too (papermill itself only warns).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import PROFILES
+from .data import DATASETS
+from .paths import project_root, run_dir as default_run_dir
+
+NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
+
+
+def notebooks(folder: Path) -> list[Path]:
+    """The numbered notebooks of ``folder`` in teaching order."""
+    return sorted(folder.glob(NOTEBOOK_GLOB))
+
+
+def declared_parameters(path: Path) -> dict[str, Any]:
+    """The names and defaults of the notebook's ``parameters`` cell."""
+    import papermill
+
+    return papermill.inspect_notebook(str(path))
+
+
+def check_parameters(path: Path, parameters: dict[str, Any]) -> None:
+    """Refuse parameters the notebook does not declare (papermill would only warn)."""
+    declared = declared_parameters(path)
+    if not declared:
+        raise ValueError(f"{path.name} has no cell tagged 'parameters'")
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown:
+        raise ValueError(f"{path.name} does not declare parameter(s) {', '.join(unknown)}; allowed: {', '.join(declared)}")
+
+
+def run_notebook(path: Path, output: Path, parameters: dict[str, Any], *, timeout: int | None = None,
+                 progress: bool = False, log_output: bool = False) -> float:
+    """Execute ``path`` with ``parameters`` into ``output`` (kernel ``python3``, cwd = its folder); return seconds."""
+    import papermill
+
+    check_parameters(path, parameters)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    papermill.execute_notebook(str(path), str(output), parameters=parameters, kernel_name="python3",
+                               cwd=str(path.parent), progress_bar=progress, log_output=log_output,
+                               execution_timeout=timeout, report_mode=False)
+    return time.perf_counter() - start
+
+
+def _parser() -> argparse.ArgumentParser:
+    root = project_root() or Path.cwd()
+    p = argparse.ArgumentParser(prog="python -m tsbd_utils.reproduce", description=__doc__.split("\n\n")[0])
+    p.add_argument("--profile", default="quick", help=f"one of: {', '.join(PROFILES)} (default quick)")
+    p.add_argument("--dataset", default=None, help=f"one of: {', '.join(DATASETS)} (default: the profile's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--cache-dir", default=None, help="default: $TSBD_CACHE_DIR, else .cache/ in the project")
+    p.add_argument("--data-dir", default=None, help="a folder holding the dataset (default: see README)")
+    p.add_argument("--figures-dir", default=str(root / "figures"))
+    p.add_argument("--run-dir", default=None, help="default: runs/<profile>/")
+    p.add_argument("--notebooks-dir", default=str(root / "notebooks"))
+    p.add_argument("--only", nargs="+", default=None, metavar="NN", help="run only these notebook numbers")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:  # bad names fail before any notebook starts, naming the allowed values
+        PROFILES.check(args.profile)
+        if args.dataset is not None:
+            DATASETS.check(args.dataset)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    folder = Path(args.notebooks_dir)
+    selected = notebooks(folder)
+    if args.only:
+        known = {p.name[:2]: p for p in selected}
+        missing = [n for n in args.only if n not in known]
+        if missing:
+            print(f"error: no notebook numbered {', '.join(missing)}; allowed: {', '.join(known)}", file=sys.stderr)
+            return 2
+        selected = [known[n] for n in sorted(set(args.only))]
+    if not selected:
+        print(f"error: no notebooks matching {NOTEBOOK_GLOB} in {folder}", file=sys.stderr)
+        return 2
+    run_dir = default_run_dir(args.profile, args.run_dir).resolve()
+    parameters = {"PROFILE": args.profile, "DATASET": args.dataset, "SEED": args.seed, "DEVICE": args.device,
+                  "CACHE_DIR": os.path.abspath(args.cache_dir) if args.cache_dir else None,
+                  "FIGURES_DIR": os.path.abspath(args.figures_dir), "RUN_DIR": str(run_dir)}
+    if args.data_dir:
+        parameters["DATA_DIR"] = os.path.abspath(args.data_dir)
+    print(f"profile {args.profile}: {len(selected)} notebook(s); executed copies and results in {run_dir}", flush=True)
+    times: list[tuple[str, float, str]] = []
+    for i, path in enumerate(selected, 1):
+        print(f"[{i}/{len(selected)}] {path.name} ...", flush=True)
+        try:
+            seconds = run_notebook(path, run_dir / path.name, parameters, progress=sys.stderr.isatty())
+        except Exception as err:  # papermill raises PapermillExecutionError with the cell's traceback
+            times.append((path.name, float("nan"), "FAILED"))
+            print(f"{path.name} failed: {err}\nthe executed copy is {run_dir / path.name}", file=sys.stderr)
+            _table(times)
+            return 1
+        times.append((path.name, seconds, "ok"))
+        print(f"[{i}/{len(selected)}] {path.name} done in {seconds:.0f} s", flush=True)
+    _table(times)
+    return 0
+
+
+def _table(times: list[tuple[str, float, str]]) -> None:
+    width = max(len(name) for name, _, _ in times)
+    print(f"\n{'notebook'.ljust(width)}  {'seconds':>8}  status")
+    for name, seconds, status in times:
+        print(f"{name.ljust(width)}  {seconds:8.1f}  {status}")
+    total = sum(s for _, s, _ in times if s == s)
+    print(f"{'total'.ljust(width)}  {total:8.1f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

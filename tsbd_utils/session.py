@@ -1,0 +1,169 @@
+"""The context a notebook runs in: profile, dataset, seed, device, cache and output folders.
+
+A notebook's first code cell after ``parameters`` is::
+
+    S = session.start("00", profile=PROFILE, dataset=DATASET, seed=SEED, device=DEVICE,
+                      cache_dir=CACHE_DIR, figures_dir=FIGURES_DIR, run_dir=RUN_DIR)
+
+Everything a notebook needs after that hangs off ``S``; there is no global state, so two
+sessions (say, two profiles in one test run) never see each other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__, plotting
+from .cache import Cache
+from .config import Profile, resolve
+from .data import Splits, prepare_for
+from .paths import project_root, run_dir as default_run_dir
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA, then Apple's MPS, then the CPU; an unavailable choice is an error."""
+    if not isinstance(device, str):
+        raise ValueError(f"device must be a string such as 'auto', 'cpu', 'cuda' or 'cuda:0', got {device!r}")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; allowed: auto, cpu, cuda, cuda:N, mps") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but CUDA is not available here; use 'auto' or 'cpu'")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} asked for, but MPS is not available here; use 'auto' or 'cpu'")
+    if resolved.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown device {device!r}; allowed: auto, cpu, cuda, cuda:N, mps")
+    return resolved
+
+
+def configure_threads() -> int:
+    """Use as many intra-op threads as cores this process may run on (2 on the build machines)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(cores)
+    return cores
+
+
+def git_commit() -> str | None:
+    """The checkout's commit, with ``-dirty`` when it has uncommitted changes; None outside git."""
+    root = project_root()
+    if root is None:
+        return None
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if sha.returncode != 0:
+        return None
+    return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def write_json(path: Path, value: Any) -> Path:
+    """Write JSON atomically (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(value, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass
+class Session:
+    notebook: str  # two digits, the notebook's number
+    profile: Profile
+    seed: int
+    device: torch.device
+    cache: Cache
+    figures_dir: Path
+    run_dir: Path
+    data_dir: Path | None = None
+    threads: int = 1
+    started: float = field(default_factory=time.time)
+    _splits: Splits | None = field(default=None, repr=False)
+
+    @property
+    def splits(self) -> Splits:
+        """The profile's train / test / clean splits (loaded once per session)."""
+        if self._splits is None:
+            self._splits = prepare_for(self.profile, self.seed, self.data_dir)
+        return self._splits
+
+    def savefig(self, fig, slug: str) -> Path:
+        """Save ``fig`` as ``<figures_dir>/<NN>_<slug>.png`` and close it."""
+        import matplotlib.pyplot as plt
+
+        path = plotting.savefig(fig, f"{self.notebook}_{slug}", self.figures_dir)
+        plt.close(fig)
+        return path
+
+    def provenance(self) -> dict[str, Any]:
+        import torchvision
+
+        return {
+            "notebook": self.notebook, "profile": self.profile.name, "dataset": self.profile.dataset,
+            "seed": self.seed, "device": str(self.device), "threads": self.threads,
+            "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or platform.machine(),
+            "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "torchvision": torchvision.__version__, "tsbd_utils": __version__},
+            "git_commit": git_commit(), "profile_settings": self.profile.summary(),
+        }
+
+    def write_results(self, results: dict[str, Any]) -> Path:
+        """Write ``<run_dir>/<NN>_results.json``: the numbers plus provenance and run time."""
+        value = {"results": results, "provenance": self.provenance(), "meaningful": self.profile.meaningful,
+                 "seconds": round(time.time() - self.started, 2),
+                 "cache": {"hits": sum(e.hit for e in self.cache.events), "misses": sum(not e.hit for e in self.cache.events)}}
+        return write_json(self.run_dir / f"{self.notebook}_results.json", value)
+
+    def describe(self) -> str:
+        p = self.profile
+        lines = [f"profile   {p.name}: {p.description}",
+                 f"dataset   {p.dataset} (train {p.train_size or 'all'}, test {p.test_size or 'all'}, clean share {p.clean_ratio:.0%})",
+                 f"model     {p.model}, width {p.width}",
+                 f"device    {self.device} ({self.threads} CPU threads)",
+                 f"seed      {self.seed}",
+                 f"cache     {self.cache.root}",
+                 f"figures   {self.figures_dir}",
+                 f"results   {self.run_dir}"]
+        if not p.meaningful:
+            lines.append("NOTE      smoke profile: the numbers below only show that the code runs; they mean nothing.")
+        return "\n".join(lines)
+
+
+def start(notebook: str, *, profile: str, dataset: str | None = None, seed: int = 0, device: str = "auto",
+          cache_dir: str | None = None, figures_dir: str = "../figures", run_dir: str | None = None,
+          data_dir: str | None = None) -> Session:
+    """Validate a notebook's parameters and build its :class:`Session`; bad values fail here."""
+    if not (isinstance(notebook, str) and len(notebook) == 2 and notebook.isdigit()):
+        raise ValueError(f"notebook must be two digits such as '00', got {notebook!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"SEED must be an int >= 0, got {seed!r}")
+    resolved = resolve(profile, dataset=dataset)
+    session = Session(
+        notebook=notebook, profile=resolved, seed=seed, device=resolve_device(device),
+        cache=Cache.at(cache_dir), figures_dir=Path(figures_dir),
+        run_dir=default_run_dir(resolved.name, run_dir), data_dir=Path(data_dir) if data_dir else None,
+        threads=configure_threads(),
+    )
+    plotting.setup("paper" if resolved.name == "paper" else "notebook")
+    return session

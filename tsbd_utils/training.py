@@ -1,0 +1,164 @@
+"""One training loop for every model trained from scratch in the suite.
+
+Data stays on the device as uint8; each step indexes a batch, converts it to float, augments it
+with batched tensor ops and, for attacks that poison on the fly (WaNet, Input-aware), hands it to
+a :class:`BatchTransform`. No DataLoader, no workers: on 2 CPU cores they only compete with the
+compute threads, and on a GPU the whole dataset fits in memory anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .augment import augment
+from .config import TrainConfig
+from .data import DatasetSpec, ImageData
+from .rng import generator
+from .schedules import SCHEDULES
+
+
+class BatchTransform:
+    """Per-batch hook of the training loop, for attacks that poison on the fly.
+
+    ``training.py`` never imports an attack; an attack hands the loop one of these. The loop calls
+    ``transform(x, y, generator)`` on every augmented float batch, adds ``extra_loss()`` (if not
+    None) to the classification loss, and calls ``after_step()`` after the optimizer step (for
+    example to step a jointly trained trigger generator).
+    """
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, y
+
+    def extra_loss(self) -> torch.Tensor | None:
+        return None
+
+    def after_step(self) -> None:
+        return None
+
+
+@dataclass
+class History:
+    """Per-epoch records of a training run (JSON-able through ``to_dict``)."""
+
+    epochs: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return sum(e["seconds"] for e in self.epochs)
+
+    @property
+    def images_per_s(self) -> float:
+        images = sum(e["images"] for e in self.epochs)
+        return images / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epochs": [dict(e) for e in self.epochs]}
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> History:
+        return cls(epochs=[dict(e) for e in value["epochs"]])
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA when enabled; a no-op elsewhere (bf16 on CPUs without AMX is slower)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train(model: nn.Module, data: ImageData, config: TrainConfig, *, spec: DatasetSpec, seed: int,
+          device: str | torch.device = "cpu", batch_transform: BatchTransform | None = None,
+          eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+          progress: bool = True, desc: str = "train") -> History:
+    """Train ``model`` in place with SGD on ``data``; return its :class:`History`.
+
+    Args:
+        model: any classifier taking [0, 1] images; moved to ``device``, left in eval mode.
+        data: uint8 training images and labels (a poisoned set for data-poisoning attacks).
+        config: optimizer, schedule, epochs, batch size, augmentation and precision.
+        spec: the dataset, for its augmentation (crop padding, flips).
+        seed: seeds batch order and augmentation (model initialisation is seeded where it is built).
+        batch_transform: on-the-fly poisoning, see :class:`BatchTransform`.
+        eval_fn: called after each epoch on the model in eval mode; its numbers join the epoch's record.
+        progress: show tqdm bars (``TQDM_DISABLE=1`` also silences them).
+
+    Example:
+        >>> history = train(model, splits.train, profile.train, spec=splits.spec, seed=0)
+        >>> history.epochs[-1]["train_acc"]
+    """
+    device = torch.device(device)
+    if len(data) == 0:
+        raise ValueError("no training images")
+    schedule = SCHEDULES[config.schedule]
+    model.to(device)
+    channels_last = config.channels_last and device.type in ("cpu", "cuda")
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    x_all, y_all = data.x.to(device), data.y.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
+    order_gen = generator(seed, "train-order")
+    aug_gen = generator(seed, "train-augment", device)
+    n = len(data)
+    # A final batch of one image breaks BatchNorm in train mode: fold it into the previous one.
+    steps_per_epoch = max(1, n // config.batch_size if n % config.batch_size == 1 else math.ceil(n / config.batch_size))
+    total_steps = steps_per_epoch * config.epochs
+    history = History()
+    step = 0
+    for epoch in tqdm(range(config.epochs), desc=desc, disable=not progress):
+        model.train()
+        order = torch.randperm(n, generator=order_gen).to(device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        seen = 0
+        start = time.perf_counter()
+        for b in tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False, disable=not progress):
+            stop = n if b == steps_per_epoch - 1 else (b + 1) * config.batch_size
+            index = order[b * config.batch_size: stop]
+            x = x_all[index].float().div_(255)
+            y = y_all[index]
+            if config.augment:
+                x = augment(x, spec.crop_pad, spec.flip, aug_gen)
+            if batch_transform is not None:
+                x, y = batch_transform(x, y, aug_gen)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            lr = config.lr * schedule(step, total_steps, steps_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast(device, config.amp):
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y)
+            extra = batch_transform.extra_loss() if batch_transform is not None else None
+            total = loss if extra is None else loss + extra
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            if batch_transform is not None:
+                batch_transform.after_step()
+            # Accumulate on the device; one synchronisation per epoch instead of one per step.
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+            step += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+        record = {"epoch": epoch + 1, "loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
+                  "lr": lr, "seconds": seconds, "images": seen, "images_per_s": seen / seconds}
+        if eval_fn is not None:
+            model.eval()
+            record.update(eval_fn(model))
+        history.epochs.append(record)
+    model.eval()
+    return history
