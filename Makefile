@@ -11,11 +11,12 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PROFILE ?= quick
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
+ARGS ?=
 
 .PHONY: help setup data reproduce test test-quick test-paper lab strip clean-cache
 
 help:
-	@echo "make reproduce   run all notebooks (PROFILE=$(PROFILE)), write figures/ and runs/$(PROFILE)/"
+	@echo "make reproduce   run all notebooks (PROFILE=$(PROFILE), more options in ARGS=...), write figures/ and runs/$(PROFILE)/"
 	@echo "make test        unit tests + every notebook in the smoke profile"
 	@echo "make test-quick  slower checks of real quick-profile results"
 	@echo "make test-paper  the paper-profile GPU check (skipped without CUDA)"
@@ -45,7 +46,7 @@ data:
 		|| echo "warning: apt-get could not install dataset-fashion-mnist; see README.md for other ways to get it"
 
 reproduce: setup
-	$(PY) -m tsbd_utils.reproduce --profile $(PROFILE)
+	$(PY) -m tsbd_utils.reproduce --profile $(PROFILE) $(ARGS)
 
 test: setup
 	$(PY) -m pytest -m "not slow and not paper" $(PYTEST_ARGS)

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__
+from .atomic import atomic_path
 from .paths import cache_dir
 
 Artifact = dict[str, Any]
@@ -129,17 +129,8 @@ class Cache:
         meta = {"tsbd.kind": kind, "tsbd.key": path.stem, "tsbd.json": payload,
                 "tsbd.fields": json.dumps(canonical(fields), sort_keys=True),
                 "tsbd.digest": _digest(tensors, payload), "tsbd.info": json.dumps(info or {}, sort_keys=True)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
         return path
 
     def get_or_compute(self, kind: str, fields: Any, compute: Callable[[], Artifact],

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +16,8 @@ import seaborn as sns
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+from .atomic import atomic_path
 
 _NAME = re.compile(r"^\d\d_[a-z0-9_]+$")
 
@@ -34,18 +35,10 @@ def savefig(fig: Figure, name: str, figures_dir: str | os.PathLike) -> Path:
     """
     if not _NAME.match(name):
         raise ValueError(f"figure name {name!r} must look like 'NN_slug' (two digits, underscore, lower-case slug)")
-    folder = Path(figures_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.png"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".png")
-    os.close(fd)
-    try:
+    path = Path(figures_dir) / f"{name}.png"
+    with atomic_path(path) as tmp:
         # No "Software" metadata: the PNG then does not change with the matplotlib version.
-        fig.savefig(tmp, bbox_inches="tight", metadata={"Software": None})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        fig.savefig(tmp, format="png", bbox_inches="tight", metadata={"Software": None})
     return path
 
 
@@ -53,7 +46,7 @@ def show_image(ax, image: torch.Tensor, title: str | None = None) -> None:
     """One (C, H, W) image, uint8 or float in [0, 1], grayscale or RGB, without axes."""
     img = image.detach().cpu()
     img = img.float() / 255 if img.dtype == torch.uint8 else img.float()
-    img = img.clamp(0, 1).permute(1, 2, 0)
+    img = img.clamp(0, 1).permute(1, 2, 0).numpy()
     if img.shape[2] == 1:
         ax.imshow(img[:, :, 0], cmap="gray", vmin=0, vmax=1)
     else:

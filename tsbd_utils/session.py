@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from . import __version__, plotting
+from .atomic import atomic_path
 from .cache import Cache
 from .config import Profile, resolve
 from .data import Splits, prepare_for
@@ -77,13 +77,9 @@ def git_commit() -> str | None:
 
 
 def write_json(path: Path, value: Any) -> Path:
-    """Write JSON atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(value, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
+    """Write JSON atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
     return path
 
 

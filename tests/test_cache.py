@@ -1,0 +1,141 @@
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from tsbd_utils import cache as cache_mod
+from tsbd_utils import models, paths
+from tsbd_utils.cache import Cache
+
+
+class Counter:
+    def __init__(self, value):
+        self.value, self.calls = value, 0
+
+    def __call__(self):
+        self.calls += 1
+        return dict(self.value)
+
+
+def make_value():
+    return {"weights": torch.arange(12, dtype=torch.float32).view(3, 4), "mask": torch.tensor([True, False]),
+            "acc": 0.875, "history": [{"epoch": 1, "loss": 0.5}], "name": "badnets"}
+
+
+def test_miss_then_hit_returns_the_same_value(tmp_path):
+    cache = Cache(tmp_path)
+    compute = Counter(make_value())
+    first = cache.get_or_compute("model", {"attack": "badnets", "seed": 0}, compute)
+    second = cache.get_or_compute("model", {"seed": 0, "attack": "badnets"}, compute)  # key order is irrelevant
+    assert compute.calls == 1 and [e.hit for e in cache.events] == [False, True]
+    assert torch.equal(second["weights"], first["weights"]) and second["mask"].dtype == torch.bool
+    assert second["acc"] == 0.875 and second["history"] == [{"epoch": 1, "loss": 0.5}] and second["name"] == "badnets"
+    assert cache.info("model", {"attack": "badnets", "seed": 0})["compute_seconds"] >= 0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    epochs: int
+    lr: float
+
+
+def test_key_depends_on_every_field_the_kind_and_the_version(tmp_path):
+    cache = Cache(tmp_path)
+    base = cache.key("model", {"recipe": Recipe(5, 0.1), "seed": 0})
+    assert base == cache.key("model", {"recipe": Recipe(5, 0.1), "seed": 0})
+    assert base != cache.key("model", {"recipe": Recipe(6, 0.1), "seed": 0})
+    assert base != cache.key("model", {"recipe": Recipe(5, 0.1), "seed": 1})
+    assert base != cache.key("result", {"recipe": Recipe(5, 0.1), "seed": 0})
+    assert base != Cache(tmp_path, version="9.9").key("model", {"recipe": Recipe(5, 0.1), "seed": 0})
+    with pytest.raises(TypeError, match="not JSON-able"):
+        cache.key("model", {"weights": torch.zeros(1)})
+    with pytest.raises(ValueError, match="cache kind 'Model!'"):
+        cache.key("Model!", {})
+
+
+def test_truncated_file_is_detected_and_recomputed(tmp_path):
+    cache = Cache(tmp_path)
+    compute = Counter(make_value())
+    cache.get_or_compute("model", {"k": 1}, compute)
+    path = cache.path("model", {"k": 1})
+    path.write_bytes(path.read_bytes()[:-7])
+    with pytest.warns(UserWarning, match="unreadable"):
+        value = cache.get_or_compute("model", {"k": 1}, compute)
+    assert compute.calls == 2 and torch.equal(value["weights"], make_value()["weights"])
+    assert cache.load("model", {"k": 1}) is not None  # repaired on disk
+
+
+def test_flipped_bytes_fail_the_checksum(tmp_path):
+    cache = Cache(tmp_path)
+    compute = Counter(make_value())
+    cache.get_or_compute("model", {"k": 1}, compute)
+    path = cache.path("model", {"k": 1})
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0xFF  # inside the tensor data, header still valid
+    path.write_bytes(bytes(raw))
+    with pytest.warns(UserWarning, match="checksum"):
+        cache.get_or_compute("model", {"k": 1}, compute)
+    assert compute.calls == 2
+
+
+def test_a_file_stored_under_another_key_is_not_loaded(tmp_path):
+    cache = Cache(tmp_path)
+    cache.get_or_compute("model", {"k": 1}, Counter(make_value()))
+    other = Counter({"acc": 0.1})
+    cache.path("model", {"k": 2}).write_bytes(cache.path("model", {"k": 1}).read_bytes())
+    with pytest.warns(UserWarning, match="does not match the file name"):
+        value = cache.get_or_compute("model", {"k": 2}, other)
+    assert other.calls == 1 and value == {"acc": 0.1}
+
+
+def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
+    cache = Cache(tmp_path)
+
+    def broken(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(cache_mod, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        cache.store("model", {"k": 1}, make_value())
+    assert list((tmp_path / "model").iterdir()) == []
+
+
+def test_entries_are_safetensors_with_a_json_header_no_pickle(tmp_path):
+    cache = Cache(tmp_path)
+    cache.get_or_compute("result", {"k": 1}, Counter({"asr": 0.5}))
+    raw = cache.path("result", {"k": 1}).read_bytes()
+    header = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+    assert json.loads(header["__metadata__"]["tsbd.json"]) == {"asr": 0.5}
+    assert b"\x80\x04" not in raw[:2]  # not a pickle stream
+
+
+def test_get_or_train_restores_weights_and_extras(tmp_path):
+    cache = Cache(tmp_path)
+    kwargs = dict(num_classes=3, in_channels=1, width=2, mean=(0.5,), std=(0.5,))
+    trained = models.build_model("preactresnet18", seed=0, **kwargs)
+    calls = []
+
+    def fit(model):
+        calls.append(1)
+        with torch.no_grad():
+            model.linear.bias.fill_(7.0)
+        return {"note": "trained"}
+
+    m1, extras1 = cache.get_or_train("model", {"k": 1}, trained, fit)
+    fresh = models.build_model("preactresnet18", seed=5, **kwargs)
+    m2, extras2 = cache.get_or_train("model", {"k": 1}, fresh, fit)
+    assert calls == [1] and extras2 == extras1 == {"note": "trained"}
+    assert torch.equal(m2.linear.bias, torch.full((3,), 7.0)) and torch.equal(m2.conv1.weight, m1.conv1.weight)
+    assert not m2.training
+
+
+def test_location_explicit_then_environment_then_project(tmp_path, monkeypatch):
+    monkeypatch.setenv("TSBD_CACHE_DIR", str(tmp_path / "env"))
+    assert Cache.at(tmp_path / "explicit").root == tmp_path / "explicit"
+    assert Cache.at(None).root == tmp_path / "env"
+    monkeypatch.delenv("TSBD_CACHE_DIR")
+    assert Cache.at(None).root == paths.project_root() / ".cache"

@@ -1,0 +1,70 @@
+import dataclasses
+
+import pytest
+
+from tsbd_utils import config
+from tsbd_utils.registry import Registry, UnknownNameError
+
+
+def test_profiles_exist_with_their_scales():
+    assert list(config.PROFILES) == ["smoke", "quick", "paper"]
+    quick, paper = config.PROFILES["quick"], config.PROFILES["paper"]
+    assert (quick.dataset, quick.train_size, quick.width, quick.train.epochs) == ("fashion_mnist", 20000, 16, 5)
+    assert (paper.dataset, paper.train_size, paper.width) == ("cifar10", None, 64)
+    # BackdoorBench's CIFAR-10 recipe.
+    assert (paper.train.epochs, paper.train.lr, paper.train.momentum, paper.train.weight_decay,
+            paper.train.schedule, paper.train.batch_size) == (100, 0.01, 0.9, 5e-4, "cosine", 128)
+    assert all(p.clean_ratio == 0.05 for p in config.PROFILES.values())
+    assert not config.PROFILES["smoke"].meaningful and quick.meaningful
+
+
+def test_unknown_profile_names_the_allowed_ones():
+    with pytest.raises(ValueError, match=r"unknown profile 'quik'; allowed: smoke, quick, paper"):
+        config.resolve("quik")
+
+
+def test_overrides_apply_and_none_keeps_the_default():
+    p = config.resolve("quick", dataset=None, width=8, train={"epochs": 2})
+    assert (p.dataset, p.width, p.train.epochs, p.train.lr) == ("fashion_mnist", 8, 2, 0.05)
+    assert config.resolve("smoke", train_size="all").train_size is None
+    assert config.PROFILES["quick"].train.epochs == 5  # the registered profile is untouched
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"epochs": 3}, r"unknown profile field 'epochs'; allowed: dataset, train_size"),
+    ({"train": {"epoch": 3}}, r"unknown train field 'epoch'; allowed: epochs, batch_size"),
+    ({"dataset": "mnist"}, r"unknown dataset 'mnist'; allowed: fashion_mnist, cifar10, gtsrb"),
+    ({"model": "resnet50"}, r"unknown model 'resnet50'; allowed: preactresnet18"),
+    ({"train": {"schedule": "step"}}, r"unknown schedule 'step'; allowed: constant, cosine, onecycle"),
+    ({"train": {"epochs": -1}}, r"epochs must be an int >= 0, got -1"),
+    ({"clean_ratio": 5}, r"clean_ratio must be in \(0, 1\), got 5"),
+    ({"width": 0}, r"width must be an int > 0, got 0"),
+])
+def test_bad_overrides_fail_with_the_allowed_values(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        config.resolve("quick", **overrides)
+
+
+def test_scale_epochs_and_summary():
+    smoke, paper = config.PROFILES["smoke"], config.PROFILES["paper"]
+    assert paper.scale_epochs(100) == 100 and config.PROFILES["quick"].scale_epochs(100) == 20
+    assert smoke.scale_epochs(20) == 1  # never zero
+    summary = paper.summary()
+    assert summary["train.epochs"] == 100 and "train" not in summary
+
+
+def test_profiles_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.PROFILES["quick"].width = 64
+
+
+def test_registry_rejects_duplicates_and_upper_case():
+    reg = Registry("thing")
+    reg.register("a", 1)
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("a", 2)
+    with pytest.raises(ValueError, match="lower case"):
+        reg.register("B", 3)
+    with pytest.raises(UnknownNameError) as err:
+        reg["b"]
+    assert isinstance(err.value, KeyError) and str(err.value) == "unknown thing 'b'; allowed: a"

@@ -1,0 +1,47 @@
+import pytest
+import torch
+from torch import nn
+
+from tsbd_utils import metrics
+
+
+def test_accuracy_asr_ra():
+    pred = torch.tensor([0, 0, 1, 2])
+    true = torch.tensor([0, 1, 1, 3])
+    assert metrics.accuracy(pred, true) == 0.5
+    assert metrics.attack_success_rate(pred, 0) == 0.5
+    # The image whose true class is the target does not count towards the ASR.
+    assert metrics.attack_success_rate(pred, 0, true_labels=true) == pytest.approx(1 / 3)
+    assert metrics.robust_accuracy(pred, true) == 0.5
+    with pytest.raises(ValueError, match="equal 1-d shapes"):
+        metrics.accuracy(pred, true[:3])
+    with pytest.raises(ValueError, match="no predictions"):
+        metrics.accuracy(pred[:0], true[:0])
+
+
+def test_der_matches_its_definition():
+    der = metrics.defense_effectiveness_rating
+    assert der(0.9, 0.95, 0.9, 0.95) == 0.5  # nothing changed
+    assert der(0.9, 1.0, 0.9, 0.0) == 1.0  # backdoor gone, accuracy kept
+    assert der(0.9, 1.0, 0.95, 0.0) == 1.0  # an accuracy gain is not rewarded
+    assert der(0.9, 0.5, 0.8, 0.7) == pytest.approx(0.45)  # ASR rise is not charged, ACC drop is
+    # The paper's Table 1 averages for TSBD give 97.56 (DESIGN.md).
+    assert 100 * der(0.9134, 0.9729, 0.9170, 0.0218) == pytest.approx(97.555, abs=1e-3)
+    with pytest.raises(ValueError, match=r"asr_bd = 97.29 is outside \[0, 1\]; pass fractions"):
+        der(0.9134, 97.29, 0.9170, 0.0218)
+
+
+def test_predict_batches_restores_the_mode_and_takes_uint8():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.BatchNorm1d(3))
+    model.train()
+    x = torch.rand(10, 1, 2, 2)
+    expected = model.eval()(x).argmax(1)
+    model.train()
+    assert torch.equal(metrics.predict(model, x, batch_size=3), expected)
+    assert model.training
+    as_uint8 = (x * 255).round().to(torch.uint8)
+    assert torch.equal(metrics.predict(model, as_uint8), metrics.predict(model, as_uint8.float() / 255))
+    with pytest.raises(ValueError, match=r"must be \(N, C, H, W\), got shape \(10, 4\)"):
+        metrics.predict(model, x.view(10, 4))
+    with pytest.raises(ValueError, match="uint8 or float"):
+        metrics.predict(model, torch.ones(2, 1, 2, 2, dtype=torch.int32))

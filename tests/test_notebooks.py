@@ -1,0 +1,89 @@
+"""Every notebook: committed clean, and run headlessly through papermill in the smoke profile."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from tsbd_utils import reproduce
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = reproduce.notebooks(NOTEBOOKS_DIR)
+REQUIRED_PARAMETERS = {"PROFILE": "quick", "DATASET": None, "SEED": 0, "DEVICE": "auto", "CACHE_DIR": None,
+                       "FIGURES_DIR": "../figures", "RUN_DIR": None}
+
+# What each notebook must write in the smoke profile: figure slugs, and checks on its results.
+EXPECTED: dict[str, dict] = {
+    "00": {
+        "figures": ["pipeline", "dataset_preview", "clean_training", "clean_accuracy_per_class"],
+        "results": lambda r: (0 <= r["clean_acc"] <= 1 and r["train_images"] == 2000 and r["clean_images"] == 100
+                              and r["test_images"] == 1000 and len(r["clean_acc_per_class"]) == 10
+                              and r["epochs"] == 1 and abs(r["der_of_paper_averages"] - 0.97555) < 1e-6),
+    },
+}
+
+
+def test_the_suite_has_its_notebooks_in_order():
+    assert NOTEBOOKS and NOTEBOOKS[0].name == "00_overview.ipynb"
+    assert [p.name[:2] for p in NOTEBOOKS] == sorted(p.name[:2] for p in NOTEBOOKS)
+    assert {p.name[:2] for p in NOTEBOOKS} <= set(EXPECTED), "add expectations for every notebook"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_notebook_is_clean(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "strip outputs (make strip)"
+    tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
+    tree = ast.parse(tagged[0].source)
+    values = {}
+    for statement in tree.body:  # literals only: papermill overrides them, nothing is derived
+        assert isinstance(statement, ast.Assign) and len(statement.targets) == 1, ast.unparse(statement)
+        values[statement.targets[0].id] = ast.literal_eval(statement.value)
+    for name, default in REQUIRED_PARAMETERS.items():
+        assert name in values and values[name] == default, name
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+    assert nb.cells[-1].cell_type == "markdown" and "take away" in nb.cells[-1].source.lower()
+
+
+def _run(path: Path, tmp: Path, cache_dir: str) -> tuple[dict, nbformat.NotebookNode, Path]:
+    figures, runs = tmp / "figures", tmp / "runs"
+    parameters = {"PROFILE": "smoke", "FIGURES_DIR": str(figures), "RUN_DIR": str(runs), "CACHE_DIR": cache_dir}
+    out = runs / path.name
+    reproduce.run_notebook(path, out, parameters, timeout=600)
+    executed = nbformat.read(out, as_version=4)
+    results = json.loads((runs / f"{path.name[:2]}_results.json").read_text())
+    return results, executed, figures
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs_in_the_smoke_profile(path, tmp_path, cache_dir):
+    number = path.name[:2]
+    committed = {p.name: p.stat().st_mtime_ns for p in (NOTEBOOKS_DIR.parent / "figures").glob("*.png")}
+    results, executed, figures = _run(path, tmp_path, cache_dir)
+    assert committed == {p.name: p.stat().st_mtime_ns for p in (NOTEBOOKS_DIR.parent / "figures").glob("*.png")}
+    errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
+    for slug in EXPECTED[number]["figures"]:
+        png = figures / f"{number}_{slug}.png"
+        assert png.is_file() and png.stat().st_size > 5000, png
+    assert all(p.name.startswith(f"{number}_") for p in figures.iterdir())
+    assert results["provenance"]["profile"] == "smoke" and results["meaningful"] is False
+    assert EXPECTED[number]["results"](results["results"]), results["results"]
+
+
+@pytest.mark.notebook
+def test_a_second_run_loads_the_clean_model_from_the_cache(tmp_path, cache_dir):
+    first, _, _ = _run(NOTEBOOKS_DIR / "00_overview.ipynb", tmp_path / "a", cache_dir)
+    second, _, _ = _run(NOTEBOOKS_DIR / "00_overview.ipynb", tmp_path / "b", cache_dir)
+    assert second["results"]["loaded_from_cache"] is True and second["cache"]["misses"] == 0
+    assert second["results"]["clean_acc"] == first["results"]["clean_acc"]
+
