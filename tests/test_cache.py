@@ -125,10 +125,11 @@ def test_get_or_train_restores_weights_and_extras(tmp_path):
             model.linear.bias.fill_(7.0)
         return {"note": "trained"}
 
-    m1, extras1 = cache.get_or_train("model", {"k": 1}, trained, fit)
+    m1, extras1, info1 = cache.get_or_train("model", {"k": 1}, trained, fit, info=lambda: {"device": "cpu"})
     fresh = models.build_model("preactresnet18", seed=5, **kwargs)
-    m2, extras2 = cache.get_or_train("model", {"k": 1}, fresh, fit)
+    m2, extras2, info2 = cache.get_or_train("model", {"k": 1}, fresh, fit)
     assert calls == [1] and extras2 == extras1 == {"note": "trained"}
+    assert info2 == info1 and info2["device"] == "cpu" and info2["compute_seconds"] >= 0
     assert torch.equal(m2.linear.bias, torch.full((3,), 7.0)) and torch.equal(m2.conv1.weight, m1.conv1.weight)
     assert not m2.training
 

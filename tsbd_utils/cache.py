@@ -140,11 +140,16 @@ class Cache:
         ``compute`` returns a flat dict of tensors and JSON-able values. ``info`` (called after a
         miss) adds provenance stored beside the value; the compute time is always added.
         """
+        return self.get_or_compute_with_info(kind, fields, compute, info)[0]
+
+    def get_or_compute_with_info(self, kind: str, fields: Any, compute: Callable[[], Artifact],
+                                 info: Callable[[], dict[str, Any]] | None = None) -> tuple[Artifact, dict[str, Any]]:
+        """Like :meth:`get_or_compute`, also returning the provenance stored beside the value."""
         start = time.perf_counter()
         loaded = self.load(kind, fields)
         if loaded is not None:
             self.events.append(CacheEvent(kind, self.key(kind, fields), True, time.perf_counter() - start))
-            return loaded[0]
+            return loaded
         value = compute()
         if not isinstance(value, dict):
             raise TypeError(f"compute() for cache kind {kind!r} must return a dict, got {type(value).__name__}")
@@ -152,7 +157,7 @@ class Cache:
         extra = {"compute_seconds": seconds, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(info() if info else {})}
         self.store(kind, fields, value, extra)
         self.events.append(CacheEvent(kind, self.key(kind, fields), False, seconds))
-        return value
+        return value, extra
 
     def info(self, kind: str, fields: Any) -> dict[str, Any] | None:
         """The provenance stored with an entry (compute time, device, ...), or None."""
@@ -161,19 +166,19 @@ class Cache:
 
     def get_or_train(self, kind: str, fields: Any, model: nn.Module,
                      fit: Callable[[nn.Module], dict[str, Any]], info: Callable[[], dict[str, Any]] | None = None,
-                     ) -> tuple[nn.Module, dict[str, Any]]:
+                     ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
         """``model`` with cached weights, or trained by ``fit(model)`` and stored.
 
         ``fit`` trains the model in place and returns JSON-able extras (such as its history);
-        they come back with the weights on a hit. The model is rebuilt by the caller, so only
-        tensors are ever loaded.
+        they come back with the weights on a hit, with the provenance stored beside them. The
+        model is rebuilt by the caller, so only tensors are ever loaded.
         """
         def compute() -> Artifact:
             extras = fit(model)
             return {"extras": extras, **{f"state.{k}": v for k, v in model.state_dict().items()}}
 
-        value = self.get_or_compute(kind, fields, compute, info)
+        value, stored_info = self.get_or_compute_with_info(kind, fields, compute, info)
         state = {k.removeprefix("state."): v for k, v in value.items() if k.startswith("state.")}
         model.load_state_dict(state)
         model.eval()
-        return model, value["extras"]
+        return model, value["extras"], stored_info

@@ -7,6 +7,7 @@ by asking with the same session settings.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,23 +26,31 @@ def model_fields(session: Session, role: str, **extra: Any) -> dict[str, Any]:
             "width": p.width, "train": p.train, "seed": session.seed, **extra}
 
 
-def _device_info(session: Session) -> dict[str, Any]:
-    return {"device": str(session.device), "threads": session.threads}
+@dataclass
+class Trained:
+    """A model from the zoo, its training history and the provenance stored beside it in the cache."""
+
+    model: nn.Module
+    history: History
+    info: dict[str, Any]  # device, train_seconds, images_per_s, epoch_seconds, created (from when it was trained)
 
 
-def clean_model(session: Session, progress: bool = True) -> tuple[nn.Module, History]:
-    """The profile's clean model (no attack) and its training history; cached."""
+def clean_model(session: Session, progress: bool = True) -> Trained:
+    """The profile's clean model (no attack), trained once and then loaded from the cache."""
     splits = session.splits
     model = model_for(session.profile, splits.spec, session.seed)
+    timing: dict[str, Any] = {}
 
     def fit(m: nn.Module) -> dict[str, Any]:
         history = train(m, splits.train, session.profile.train, spec=splits.spec, seed=session.seed,
                         device=session.device, progress=progress, desc="clean model")
+        timing.update(history.timing())
         return {"history": history.to_dict(), "parameters": count_parameters(m)}
 
-    model, extras = session.cache.get_or_train("model", model_fields(session, "clean"), model, fit,
-                                               info=lambda: _device_info(session))
-    return model.to(session.device), History.from_dict(extras["history"])
+    model, extras, info = session.cache.get_or_train(
+        "model", model_fields(session, "clean"), model, fit,
+        info=lambda: {"device": str(session.device), "threads": session.threads, **timing})
+    return Trained(model.to(session.device), History.from_dict(extras["history"]), info)
 
 
 def test_accuracy(session: Session, model: nn.Module) -> tuple[float, torch.Tensor]:
