@@ -94,6 +94,7 @@ def main() -> None:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+
         return step
 
     # Baseline: per-image transforms collated by a DataLoader (no workers: 2 cores, see DESIGN.md).
@@ -107,7 +108,7 @@ def main() -> None:
     def batches():
         order = torch.randperm(n, device=device)
         for b in range(args.steps + 3):
-            idx = order[b * args.batch_size:(b + 1) * args.batch_size]
+            idx = order[b * args.batch_size : (b + 1) * args.batch_size]
             yield augment(x_dev[idx].float().div_(255), pad, flip, gen), y_dev[idx]
 
     results = {"baseline: DataLoader + per-image transforms": baseline}
@@ -116,11 +117,15 @@ def main() -> None:
         results[label] = time_steps(step, batches(), 3, device)
 
     base = statistics.median(baseline)
-    print(f"device {device}, {threads} threads, shape {channels}x{size}x{size}, width {args.width}, "
-          f"batch {args.batch_size}, median of {args.steps} steps")
+    print(
+        f"device {device}, {threads} threads, shape {channels}x{size}x{size}, width {args.width}, "
+        f"batch {args.batch_size}, median of {args.steps} steps"
+    )
     for label, times in results.items():
         med = statistics.median(times)
-        print(f"{label:45s} {1000 * med:8.1f} ms/step {args.batch_size / med:9.0f} images/s   speed-up x{base / med:.2f}")
+        print(
+            f"{label:45s} {1000 * med:8.1f} ms/step {args.batch_size / med:9.0f} images/s   speed-up x{base / med:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -21,8 +21,13 @@ class Counter:
 
 
 def make_value():
-    return {"weights": torch.arange(12, dtype=torch.float32).view(3, 4), "mask": torch.tensor([True, False]),
-            "acc": 0.875, "history": [{"epoch": 1, "loss": 0.5}], "name": "badnets"}
+    return {
+        "weights": torch.arange(12, dtype=torch.float32).view(3, 4),
+        "mask": torch.tensor([True, False]),
+        "acc": 0.875,
+        "history": [{"epoch": 1, "loss": 0.5}],
+        "name": "badnets",
+    }
 
 
 def test_miss_then_hit_returns_the_same_value(tmp_path):
@@ -108,7 +113,7 @@ def test_entries_are_safetensors_with_a_json_header_no_pickle(tmp_path):
     cache = Cache(tmp_path)
     cache.get_or_compute("result", {"k": 1}, Counter({"asr": 0.5}))
     raw = cache.path("result", {"k": 1}).read_bytes()
-    header = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+    header = json.loads(raw[8 : 8 + struct.unpack("<Q", raw[:8])[0]])
     assert json.loads(header["__metadata__"]["tsbd.json"]) == {"asr": 0.5}
     assert b"\x80\x04" not in raw[:2]  # not a pickle stream
 

@@ -12,8 +12,14 @@ def test_profiles_exist_with_their_scales():
     assert (quick.dataset, quick.train_size, quick.width, quick.train.epochs) == ("fashion_mnist", 20000, 16, 5)
     assert (paper.dataset, paper.train_size, paper.width) == ("cifar10", None, 64)
     # BackdoorBench's CIFAR-10 recipe.
-    assert (paper.train.epochs, paper.train.lr, paper.train.momentum, paper.train.weight_decay,
-            paper.train.schedule, paper.train.batch_size) == (100, 0.01, 0.9, 5e-4, "cosine", 128)
+    assert (
+        paper.train.epochs,
+        paper.train.lr,
+        paper.train.momentum,
+        paper.train.weight_decay,
+        paper.train.schedule,
+        paper.train.batch_size,
+    ) == (100, 0.01, 0.9, 5e-4, "cosine", 128)
     assert all(p.clean_ratio == 0.05 for p in config.PROFILES.values())
     assert not config.PROFILES["smoke"].meaningful and quick.meaningful
 
@@ -30,16 +36,19 @@ def test_overrides_apply_and_none_keeps_the_default():
     assert config.PROFILES["quick"].train.epochs == 5  # the registered profile is untouched
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"epochs": 3}, r"unknown profile field 'epochs'; allowed: dataset, train_size"),
-    ({"train": {"epoch": 3}}, r"unknown train field 'epoch'; allowed: epochs, batch_size"),
-    ({"dataset": "mnist"}, r"unknown dataset 'mnist'; allowed: fashion_mnist, cifar10, gtsrb"),
-    ({"model": "resnet50"}, r"unknown model 'resnet50'; allowed: preactresnet18"),
-    ({"train": {"schedule": "step"}}, r"unknown schedule 'step'; allowed: constant, cosine, onecycle"),
-    ({"train": {"epochs": -1}}, r"epochs must be an int >= 0, got -1"),
-    ({"clean_ratio": 5}, r"clean_ratio must be in \(0, 1\), got 5"),
-    ({"width": 0}, r"width must be an int > 0, got 0"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"epochs": 3}, r"unknown profile field 'epochs'; allowed: dataset, train_size"),
+        ({"train": {"epoch": 3}}, r"unknown train field 'epoch'; allowed: epochs, batch_size"),
+        ({"dataset": "mnist"}, r"unknown dataset 'mnist'; allowed: fashion_mnist, cifar10, gtsrb"),
+        ({"model": "resnet50"}, r"unknown model 'resnet50'; allowed: preactresnet18"),
+        ({"train": {"schedule": "step"}}, r"unknown schedule 'step'; allowed: constant, cosine, onecycle"),
+        ({"train": {"epochs": -1}}, r"epochs must be an int >= 0, got -1"),
+        ({"clean_ratio": 5}, r"clean_ratio must be in \(0, 1\), got 5"),
+        ({"width": 0}, r"width must be an int > 0, got 0"),
+    ],
+)
 def test_bad_overrides_fail_with_the_allowed_values(overrides, message):
     with pytest.raises(ValueError, match=message):
         config.resolve("quick", **overrides)

@@ -25,7 +25,9 @@ def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
     (gzip.open if compress else open)(path, "wb").write(raw)
 
 
-def write_fmnist(folder: Path, n_train: int = 12, n_test: int = 6, compress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def write_fmnist(
+    folder: Path, n_train: int = 12, n_test: int = 6, compress: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     suffix = ".gz" if compress else ""
@@ -125,8 +127,12 @@ def write_cifar(folder: Path, per_batch: int = 3) -> np.ndarray:
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         images = rng.integers(0, 256, (per_batch, 3, 32, 32), dtype=np.uint8)
         first = images if first is None else first
-        entry = {"batch_label": name, "labels": [i % 10 for i in range(per_batch)],
-                 "data": images.reshape(per_batch, -1), "filenames": [f"{i}.png" for i in range(per_batch)]}
+        entry = {
+            "batch_label": name,
+            "labels": [i % 10 for i in range(per_batch)],
+            "data": images.reshape(per_batch, -1),
+            "filenames": [f"{i}.png" for i in range(per_batch)],
+        }
         with open(base / name, "wb") as handle:
             pickle.dump(entry, handle, protocol=2)
     with open(base / "batches.meta", "wb") as handle:

@@ -20,9 +20,22 @@ def test_paper_width_matches_backdoorbench_counts():
 def test_module_names_follow_backdoorbench():
     names = conv_names(models.PreActResNet18(width=8))
     assert names[:3] == ["conv1", "layer1.0.conv1", "layer1.0.conv2"]
-    assert [n for n in names if "shortcut" in n] == ["layer2.0.shortcut.0", "layer3.0.shortcut.0", "layer4.0.shortcut.0"]
+    assert [n for n in names if "shortcut" in n] == [
+        "layer2.0.shortcut.0",
+        "layer3.0.shortcut.0",
+        "layer4.0.shortcut.0",
+    ]
     model = models.PreActResNet18(width=8)
-    assert [n for n, _ in model.named_children()] == ["normalize", "conv1", "layer1", "layer2", "layer3", "layer4", "avgpool", "linear"]
+    assert [n for n, _ in model.named_children()] == [
+        "normalize",
+        "conv1",
+        "layer1",
+        "layer2",
+        "layer3",
+        "layer4",
+        "avgpool",
+        "linear",
+    ]
     assert isinstance(model.layer3[1].bn2, nn.BatchNorm2d) and model.linear.in_features == 64
     stem = model.conv1
     assert stem.kernel_size == (3, 3) and stem.stride == (1, 1)

@@ -13,16 +13,29 @@ from tsbd_utils import reproduce
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = reproduce.notebooks(NOTEBOOKS_DIR)
-REQUIRED_PARAMETERS = {"PROFILE": "quick", "DATASET": None, "SEED": 0, "DEVICE": "auto", "CACHE_DIR": None,
-                       "FIGURES_DIR": "../figures", "RUN_DIR": None}
+REQUIRED_PARAMETERS = {
+    "PROFILE": "quick",
+    "DATASET": None,
+    "SEED": 0,
+    "DEVICE": "auto",
+    "CACHE_DIR": None,
+    "FIGURES_DIR": "../figures",
+    "RUN_DIR": None,
+}
 
 # What each notebook must write in the smoke profile: figure slugs, and checks on its results.
 EXPECTED: dict[str, dict] = {
     "00": {
         "figures": ["pipeline", "dataset_preview", "clean_training", "clean_accuracy_per_class"],
-        "results": lambda r: (0 <= r["clean_acc"] <= 1 and r["train_images"] == 2000 and r["clean_images"] == 100
-                              and r["test_images"] == 1000 and len(r["clean_acc_per_class"]) == 10
-                              and r["epochs"] == 1 and abs(r["der_of_paper_averages"] - 0.97555) < 1e-6),
+        "results": lambda r: (
+            0 <= r["clean_acc"] <= 1
+            and r["train_images"] == 2000
+            and r["clean_images"] == 100
+            and r["test_images"] == 1000
+            and len(r["clean_acc_per_class"]) == 10
+            and r["epochs"] == 1
+            and abs(r["der_of_paper_averages"] - 0.97555) < 1e-6
+        ),
     },
 }
 
@@ -86,4 +99,3 @@ def test_a_second_run_loads_the_clean_model_from_the_cache(tmp_path, cache_dir):
     second, _, _ = _run(NOTEBOOKS_DIR / "00_overview.ipynb", tmp_path / "b", cache_dir)
     assert second["results"]["loaded_from_cache"] is True and second["cache"]["misses"] == 0
     assert second["results"]["clean_acc"] == first["results"]["clean_acc"]
-

@@ -17,7 +17,7 @@ def environment_pip_packages() -> set[str]:
     lines = (ROOT / "environment.yml").read_text().splitlines()
     start = lines.index("  - pip:")
     pins = set()
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         match = re.fullmatch(r"      - (\S+)", line)
         if not match:
             break
@@ -55,7 +55,7 @@ def test_make_targets_ci_and_readme():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in ci and (ROOT / ".ci" / "run").stat().st_mode & 0o111
     readme = (ROOT / "README.md").read_text()
-    first_block = readme[readme.index("```"):]
+    first_block = readme[readme.index("```") :]
     assert first_block.index("make reproduce") < first_block.index("```", 3)
     assert "make test" in first_block[: first_block.index("```", 3)]
 

@@ -11,17 +11,25 @@ import torch
 
 from tsbd_utils import config, data, metrics, models, training
 
-pytestmark = [pytest.mark.paper,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="the paper profile needs a CUDA GPU")]
+pytestmark = [
+    pytest.mark.paper,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="the paper profile needs a CUDA GPU"),
+]
 
 
 def test_paper_width_trains_on_the_gpu_with_bf16():
-    profile = config.resolve("paper", dataset="fashion_mnist", train_size=20000,
-                             train={"epochs": 3, "lr": 0.05, "nesterov": True, "schedule": "onecycle"})
+    profile = config.resolve(
+        "paper",
+        dataset="fashion_mnist",
+        train_size=20000,
+        train={"epochs": 3, "lr": 0.05, "nesterov": True, "schedule": "onecycle"},
+    )
     splits = data.prepare_for(profile, seed=0)
     model = models.model_for(profile, splits.spec, seed=0)
     assert models.count_parameters(model) > 11_000_000
-    history = training.train(model, splits.train, profile.train, spec=splits.spec, seed=0, device="cuda", progress=False)
+    history = training.train(
+        model, splits.train, profile.train, spec=splits.spec, seed=0, device="cuda", progress=False
+    )
     acc = metrics.accuracy(metrics.predict(model, splits.test.x, device="cuda"), splits.test.y)
     assert history.epochs[-1]["loss"] < history.epochs[0]["loss"]
     assert acc >= 0.88, acc

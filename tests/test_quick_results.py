@@ -14,8 +14,12 @@ from .test_notebooks import NOTEBOOKS_DIR
 @pytest.mark.slow
 def test_quick_clean_model_reaches_89_percent(tmp_path, cache_dir):
     """Notebook 00, quick profile: PreActResNet18 (width 16) on 20k Fashion-MNIST images, full 10k test set."""
-    parameters = {"PROFILE": "quick", "FIGURES_DIR": str(tmp_path / "f"), "RUN_DIR": str(tmp_path / "r"),
-                  "CACHE_DIR": cache_dir}
+    parameters = {
+        "PROFILE": "quick",
+        "FIGURES_DIR": str(tmp_path / "f"),
+        "RUN_DIR": str(tmp_path / "r"),
+        "CACHE_DIR": cache_dir,
+    }
     reproduce.run_notebook(NOTEBOOKS_DIR / "00_overview.ipynb", tmp_path / "r" / "00.ipynb", parameters, timeout=1800)
     results = json.loads((tmp_path / "r" / "00_results.json").read_text())["results"]
     assert results["test_images"] == 10000 and results["train_images"] == 20000

@@ -36,8 +36,11 @@ def test_cli_runs_in_order_and_rejects_bad_names(tmp_path, capsys):
     folder = tmp_path / "nbs"
     folder.mkdir()
     for name in ("01_b.ipynb", "00_a.ipynb", "notes.ipynb"):
-        _notebook(folder / name, "PROFILE = 'quick'\nDATASET = None\nSEED = 0\nDEVICE = 'auto'\n"
-                                  "CACHE_DIR = None\nFIGURES_DIR = '.'\nRUN_DIR = None")
+        _notebook(
+            folder / name,
+            "PROFILE = 'quick'\nDATASET = None\nSEED = 0\nDEVICE = 'auto'\n"
+            "CACHE_DIR = None\nFIGURES_DIR = '.'\nRUN_DIR = None",
+        )
     assert [p.name for p in reproduce.notebooks(folder)] == ["00_a.ipynb", "01_b.ipynb"]
     assert reproduce.main(["--profile", "fast", "--notebooks-dir", str(folder)]) == 2
     assert "unknown profile 'fast'; allowed: smoke, quick, paper" in capsys.readouterr().err
@@ -45,8 +48,23 @@ def test_cli_runs_in_order_and_rejects_bad_names(tmp_path, capsys):
     assert reproduce.main(["--only", "07", "--notebooks-dir", str(folder)]) == 2
     assert "no notebook numbered 07; allowed: 00, 01" in capsys.readouterr().err
     run_dir = tmp_path / "runs"
-    assert reproduce.main(["--profile", "smoke", "--notebooks-dir", str(folder), "--run-dir", str(run_dir),
-                           "--figures-dir", str(tmp_path / "f"), "--only", "01"]) == 0
+    assert (
+        reproduce.main(
+            [
+                "--profile",
+                "smoke",
+                "--notebooks-dir",
+                str(folder),
+                "--run-dir",
+                str(run_dir),
+                "--figures-dir",
+                str(tmp_path / "f"),
+                "--only",
+                "01",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "01_b.ipynb" in out and "00_a.ipynb" not in out and "total" in out
     assert (run_dir / "01_b.ipynb").exists()

@@ -16,26 +16,44 @@ def test_resolve_device():
             session.resolve_device("cuda")
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"profile": "fast"}, "unknown profile 'fast'; allowed: smoke, quick, paper"),
-    ({"profile": "smoke", "dataset": "imagenet"}, "unknown dataset 'imagenet'; allowed: fashion_mnist, cifar10, gtsrb"),
-    ({"profile": "smoke", "seed": -1}, "SEED must be an int >= 0, got -1"),
-    ({"profile": "smoke", "device": "gpu"}, "unknown device 'gpu'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"profile": "fast"}, "unknown profile 'fast'; allowed: smoke, quick, paper"),
+        (
+            {"profile": "smoke", "dataset": "imagenet"},
+            "unknown dataset 'imagenet'; allowed: fashion_mnist, cifar10, gtsrb",
+        ),
+        ({"profile": "smoke", "seed": -1}, "SEED must be an int >= 0, got -1"),
+        ({"profile": "smoke", "device": "gpu"}, "unknown device 'gpu'"),
+    ],
+)
 def test_start_rejects_bad_parameters_before_doing_anything(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        session.start("00", cache_dir=str(tmp_path / "c"), figures_dir=str(tmp_path / "f"), run_dir=str(tmp_path / "r"), **kwargs)
+        session.start(
+            "00", cache_dir=str(tmp_path / "c"), figures_dir=str(tmp_path / "f"), run_dir=str(tmp_path / "r"), **kwargs
+        )
     assert list(tmp_path.iterdir()) == []
 
 
 def test_results_carry_provenance(tmp_path):
-    s = session.start("03", profile="smoke", cache_dir=str(tmp_path / "c"), figures_dir=str(tmp_path / "f"),
-                      run_dir=str(tmp_path / "r"))
+    s = session.start(
+        "03",
+        profile="smoke",
+        cache_dir=str(tmp_path / "c"),
+        figures_dir=str(tmp_path / "f"),
+        run_dir=str(tmp_path / "r"),
+    )
     assert s.threads >= 1 and torch.get_num_threads() == s.threads
     path = s.write_results({"acc": 0.5})
     value = json.loads(path.read_text())
     assert path.name == "03_results.json" and value["results"] == {"acc": 0.5} and value["meaningful"] is False
     prov = value["provenance"]
-    assert (prov["profile"], prov["dataset"], prov["seed"], prov["device"]) == ("smoke", "fashion_mnist", 0, s.device.type)
+    assert (prov["profile"], prov["dataset"], prov["seed"], prov["device"]) == (
+        "smoke",
+        "fashion_mnist",
+        0,
+        s.device.type,
+    )
     assert prov["versions"]["torch"] == torch.__version__ and "git_commit" in prov
     assert prov["profile_settings"]["train.epochs"] == 1

@@ -14,7 +14,7 @@ def test_random_crop_cuts_a_window_of_the_padded_image():
     assert out.shape == x.shape
     padded = F.pad(x, (2, 2, 2, 2))
     for i in range(16):
-        windows = [padded[i, :, dy:dy + 6, dx:dx + 6] for dy in range(5) for dx in range(5)]
+        windows = [padded[i, :, dy : dy + 6, dx : dx + 6] for dy in range(5) for dx in range(5)]
         assert any(torch.equal(out[i], w) for w in windows)
     assert not torch.equal(out, x)  # 16 images, 25 offsets: some moved
     assert torch.equal(out, augment.random_crop(x, 2, generator(0, "t")))  # seeded
@@ -48,7 +48,9 @@ def _spec():
 
 def _fit(tiny_images, seed=0, epochs=4, **kw):
     x, y = tiny_images
-    model = models.build_model("preactresnet18", num_classes=2, in_channels=1, width=4, mean=(0.3,), std=(0.3,), seed=seed)
+    model = models.build_model(
+        "preactresnet18", num_classes=2, in_channels=1, width=4, mean=(0.3,), std=(0.3,), seed=seed
+    )
     cfg = config.TrainConfig(epochs=epochs, batch_size=16, lr=0.05, schedule="onecycle", **kw)
     history = training.train(model, data.ImageData(x, y), cfg, spec=_spec(), seed=seed, progress=False)
     return model, history
@@ -116,6 +118,13 @@ def test_eval_fn_results_join_the_history(tiny_images):
     x, y = tiny_images
     model = models.PreActResNet18(num_classes=2, in_channels=1, width=4)
     cfg = config.TrainConfig(epochs=1, batch_size=32)
-    history = training.train(model, data.ImageData(x, y), cfg, spec=_spec(), seed=0,
-                             eval_fn=lambda m: {"in_eval_mode": float(not m.training)}, progress=False)
+    history = training.train(
+        model,
+        data.ImageData(x, y),
+        cfg,
+        spec=_spec(),
+        seed=0,
+        eval_fn=lambda m: {"in_eval_mode": float(not m.training)},
+        progress=False,
+    )
     assert history.epochs[0]["in_eval_mode"] == 1.0

@@ -52,8 +52,10 @@ def canonical(value: Any) -> Any:
         return str(value)
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    raise TypeError(f"cache key field {value!r} of type {type(value).__name__} is not JSON-able; "
-                    "allowed: dataclasses, dicts, lists, tuples, str, int, float, bool, None, Path")
+    raise TypeError(
+        f"cache key field {value!r} of type {type(value).__name__} is not JSON-able; "
+        "allowed: dataclasses, dicts, lists, tuples, str, int, float, bool, None, Path"
+    )
 
 
 def _digest(tensors: dict[str, torch.Tensor], payload: str) -> str:
@@ -122,19 +124,27 @@ class Cache:
 
     def store(self, kind: str, fields: Any, value: Artifact, info: dict[str, Any] | None = None) -> Path:
         """Write ``value`` atomically; return its path."""
-        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in value.items() if isinstance(v, torch.Tensor)}
+        tensors = {
+            k: v.detach().to("cpu").contiguous().clone() for k, v in value.items() if isinstance(v, torch.Tensor)
+        }
         rest = {k: v for k, v in value.items() if not isinstance(v, torch.Tensor)}
         payload = json.dumps(rest, sort_keys=True)
         path = self.path(kind, fields)
-        meta = {"tsbd.kind": kind, "tsbd.key": path.stem, "tsbd.json": payload,
-                "tsbd.fields": json.dumps(canonical(fields), sort_keys=True),
-                "tsbd.digest": _digest(tensors, payload), "tsbd.info": json.dumps(info or {}, sort_keys=True)}
+        meta = {
+            "tsbd.kind": kind,
+            "tsbd.key": path.stem,
+            "tsbd.json": payload,
+            "tsbd.fields": json.dumps(canonical(fields), sort_keys=True),
+            "tsbd.digest": _digest(tensors, payload),
+            "tsbd.info": json.dumps(info or {}, sort_keys=True),
+        }
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
         return path
 
-    def get_or_compute(self, kind: str, fields: Any, compute: Callable[[], Artifact],
-                       info: Callable[[], dict[str, Any]] | None = None) -> Artifact:
+    def get_or_compute(
+        self, kind: str, fields: Any, compute: Callable[[], Artifact], info: Callable[[], dict[str, Any]] | None = None
+    ) -> Artifact:
         """The cached value for (kind, fields), computing and storing it on a miss.
 
         ``compute`` returns a flat dict of tensors and JSON-able values. ``info`` (called after a
@@ -142,8 +152,9 @@ class Cache:
         """
         return self.get_or_compute_with_info(kind, fields, compute, info)[0]
 
-    def get_or_compute_with_info(self, kind: str, fields: Any, compute: Callable[[], Artifact],
-                                 info: Callable[[], dict[str, Any]] | None = None) -> tuple[Artifact, dict[str, Any]]:
+    def get_or_compute_with_info(
+        self, kind: str, fields: Any, compute: Callable[[], Artifact], info: Callable[[], dict[str, Any]] | None = None
+    ) -> tuple[Artifact, dict[str, Any]]:
         """Like :meth:`get_or_compute`, also returning the provenance stored beside the value."""
         start = time.perf_counter()
         loaded = self.load(kind, fields)
@@ -154,7 +165,11 @@ class Cache:
         if not isinstance(value, dict):
             raise TypeError(f"compute() for cache kind {kind!r} must return a dict, got {type(value).__name__}")
         seconds = time.perf_counter() - start
-        extra = {"compute_seconds": seconds, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(info() if info else {})}
+        extra = {
+            "compute_seconds": seconds,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **(info() if info else {}),
+        }
         self.store(kind, fields, value, extra)
         self.events.append(CacheEvent(kind, self.key(kind, fields), False, seconds))
         return value, extra
@@ -164,15 +179,21 @@ class Cache:
         loaded = self.load(kind, fields)
         return loaded[1] if loaded else None
 
-    def get_or_train(self, kind: str, fields: Any, model: nn.Module,
-                     fit: Callable[[nn.Module], dict[str, Any]], info: Callable[[], dict[str, Any]] | None = None,
-                     ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    def get_or_train(
+        self,
+        kind: str,
+        fields: Any,
+        model: nn.Module,
+        fit: Callable[[nn.Module], dict[str, Any]],
+        info: Callable[[], dict[str, Any]] | None = None,
+    ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
         """``model`` with cached weights, or trained by ``fit(model)`` and stored.
 
         ``fit`` trains the model in place and returns JSON-able extras (such as its history);
         they come back with the weights on a hit, with the provenance stored beside them. The
         model is rebuilt by the caller, so only tensors are ever loaded.
         """
+
         def compute() -> Artifact:
             extras = fit(model)
             return {"extras": extras, **{f"state.{k}": v for k, v in model.state_dict().items()}}

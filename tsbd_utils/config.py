@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .data import DATASETS
@@ -46,7 +46,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(isinstance(self.epochs, int) and self.epochs >= 0, f"epochs must be an int >= 0, got {self.epochs!r}")
-        _require(isinstance(self.batch_size, int) and self.batch_size > 0, f"batch_size must be an int > 0, got {self.batch_size!r}")
+        _require(
+            isinstance(self.batch_size, int) and self.batch_size > 0,
+            f"batch_size must be an int > 0, got {self.batch_size!r}",
+        )
         _require(self.lr >= 0, f"lr must be >= 0, got {self.lr!r}")
         _require(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum!r}")
         _require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
@@ -76,11 +79,17 @@ class Profile:
         MODELS.check(self.model)
         for name in ("train_size", "test_size"):
             value = getattr(self, name)
-            _require(value is None or (isinstance(value, int) and value > 0), f"{name} must be None or an int > 0, got {value!r}")
+            _require(
+                value is None or (isinstance(value, int) and value > 0),
+                f"{name} must be None or an int > 0, got {value!r}",
+            )
         _require(isinstance(self.width, int) and self.width > 0, f"width must be an int > 0, got {self.width!r}")
         _require(0 < self.clean_ratio < 1, f"clean_ratio must be in (0, 1), got {self.clean_ratio!r}")
         _require(self.epoch_scale > 0, f"epoch_scale must be > 0, got {self.epoch_scale!r}")
-        _require(isinstance(self.unlearn_cap, int) and self.unlearn_cap > 0, f"unlearn_cap must be an int > 0, got {self.unlearn_cap!r}")
+        _require(
+            isinstance(self.unlearn_cap, int) and self.unlearn_cap > 0,
+            f"unlearn_cap must be an int > 0, got {self.unlearn_cap!r}",
+        )
 
     def scale_epochs(self, epochs: int) -> int:
         """A method's epoch count at this profile's scale (at least 1)."""
@@ -95,41 +104,50 @@ class Profile:
 
 PROFILES: Registry[Profile] = Registry("profile")
 
-PROFILES.register("smoke", Profile(
-    name="smoke",
-    dataset="fashion_mnist",
-    train_size=2000,
-    test_size=1000,
-    width=4,
-    train=TrainConfig(epochs=1, lr=0.05, nesterov=True, schedule="onecycle"),
-    epoch_scale=0.02,  # 100 epochs -> 2: every code path, no meaning
-    unlearn_cap=3,
-    meaningful=False,
-    description="tests: every code path in seconds; the numbers mean nothing",
-))
+PROFILES.register(
+    "smoke",
+    Profile(
+        name="smoke",
+        dataset="fashion_mnist",
+        train_size=2000,
+        test_size=1000,
+        width=4,
+        train=TrainConfig(epochs=1, lr=0.05, nesterov=True, schedule="onecycle"),
+        epoch_scale=0.02,  # 100 epochs -> 2: every code path, no meaning
+        unlearn_cap=3,
+        meaningful=False,
+        description="tests: every code path in seconds; the numbers mean nothing",
+    ),
+)
 
-PROFILES.register("quick", Profile(
-    name="quick",
-    dataset="fashion_mnist",
-    train_size=20000,
-    test_size=None,
-    width=16,
-    # Calibrated on 2 CPU cores: about 90% clean accuracy in about 80 s per model.
-    train=TrainConfig(epochs=5, lr=0.05, nesterov=True, schedule="onecycle"),
-    epoch_scale=0.2,  # 100 fine-tuning epochs -> 20
-    unlearn_cap=200,  # clean unlearning at lr 1e-4 needed 53-96 epochs in calibration
-    description="make reproduce on a CPU: real results on Fashion-MNIST in about an hour",
-))
+PROFILES.register(
+    "quick",
+    Profile(
+        name="quick",
+        dataset="fashion_mnist",
+        train_size=20000,
+        test_size=None,
+        width=16,
+        # Calibrated on 2 CPU cores: about 90% clean accuracy in about 80 s per model.
+        train=TrainConfig(epochs=5, lr=0.05, nesterov=True, schedule="onecycle"),
+        epoch_scale=0.2,  # 100 fine-tuning epochs -> 20
+        unlearn_cap=200,  # clean unlearning at lr 1e-4 needed 53-96 epochs in calibration
+        description="make reproduce on a CPU: real results on Fashion-MNIST in about an hour",
+    ),
+)
 
-PROFILES.register("paper", Profile(
-    name="paper",
-    dataset="cifar10",
-    train_size=None,
-    test_size=None,
-    width=64,
-    train=TrainConfig(),  # BackdoorBench: 100 epochs, SGD 0.01, momentum 0.9, wd 5e-4, cosine, batch 128
-    description="the paper's protocol: CIFAR-10, PreActResNet18, 100 epochs, on a GPU",
-))
+PROFILES.register(
+    "paper",
+    Profile(
+        name="paper",
+        dataset="cifar10",
+        train_size=None,
+        test_size=None,
+        width=64,
+        train=TrainConfig(),  # BackdoorBench: 100 epochs, SGD 0.01, momentum 0.9, wd 5e-4, cosine, batch 128
+        description="the paper's protocol: CIFAR-10, PreActResNet18, 100 epochs, on a GPU",
+    ),
+)
 
 
 def resolve(profile: str | Profile, **overrides: Any) -> Profile:

@@ -62,8 +62,9 @@ def _as_float_batch(batch: torch.Tensor) -> torch.Tensor:
     return batch.float()
 
 
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1024,
-            device: str | torch.device | None = None) -> torch.Tensor:
+def predict(
+    model: nn.Module, images: torch.Tensor, batch_size: int = 1024, device: str | torch.device | None = None
+) -> torch.Tensor:
     """Predicted labels (int64, on the CPU) for uint8 or [0, 1] float images (N, C, H, W).
 
     Runs in eval mode under ``torch.inference_mode()`` in large batches and restores the
@@ -78,7 +79,7 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1024,
     try:
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
-                batch = _as_float_batch(images[start:start + batch_size].to(device, non_blocking=True))
+                batch = _as_float_batch(images[start : start + batch_size].to(device, non_blocking=True))
                 out.append(model(batch).argmax(1).cpu())
     finally:
         model.train(was_training)

@@ -80,11 +80,19 @@ class PreActResNet18(nn.Module):
         torch.Size([2, 10])
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 64,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        width: int = 64,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
         super().__init__()
         if num_classes < 2 or in_channels < 1 or width < 1:
-            raise ValueError(f"need num_classes >= 2, in_channels >= 1, width >= 1; got {num_classes}, {in_channels}, {width}")
+            raise ValueError(
+                f"need num_classes >= 2, in_channels >= 1, width >= 1; got {num_classes}, {in_channels}, {width}"
+            )
         mean = tuple(mean) if mean is not None else (0.0,) * in_channels
         std = tuple(std) if std is not None else (1.0,) * in_channels
         if len(mean) != in_channels:
@@ -94,7 +102,9 @@ class PreActResNet18(nn.Module):
         planes, layers = width, []
         for index, stride in enumerate((1, 2, 2, 2)):
             out_planes = width * 2**index
-            layers.append(nn.Sequential(PreActBlock(planes, out_planes, stride), PreActBlock(out_planes, out_planes, 1)))
+            layers.append(
+                nn.Sequential(PreActBlock(planes, out_planes, stride), PreActBlock(out_planes, out_planes, 1))
+            )
             planes = out_planes
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
@@ -115,8 +125,9 @@ MODELS: Registry[ModelBuilder] = Registry("model")
 MODELS.register("preactresnet18", PreActResNet18)
 
 
-def build_model(name: str, *, num_classes: int, in_channels: int, width: int,
-                mean: Sequence[float], std: Sequence[float], seed: int) -> nn.Module:
+def build_model(
+    name: str, *, num_classes: int, in_channels: int, width: int, mean: Sequence[float], std: Sequence[float], seed: int
+) -> nn.Module:
     """A freshly initialised model from the registry; the same seed gives the same weights."""
     builder = MODELS[name]
     with seeded(seed, f"init:{name}"):
@@ -125,8 +136,15 @@ def build_model(name: str, *, num_classes: int, in_channels: int, width: int,
 
 def model_for(profile, spec, seed: int) -> nn.Module:
     """The profile's model for a dataset spec (classes, channels, normalization)."""
-    return build_model(profile.model, num_classes=spec.num_classes, in_channels=spec.channels,
-                       width=profile.width, mean=spec.mean, std=spec.std, seed=seed)
+    return build_model(
+        profile.model,
+        num_classes=spec.num_classes,
+        in_channels=spec.channels,
+        width=profile.width,
+        mean=spec.mean,
+        std=spec.std,
+        seed=seed,
+    )
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -58,8 +58,15 @@ def show_image(ax, image: torch.Tensor, title: str | None = None) -> None:
         ax.set_title(title, fontsize=8, fontweight="normal")
 
 
-def image_grid(images: torch.Tensor, nrows: int, ncols: int, *, title: str,
-               row_labels: Sequence[str] | None = None, cell: float = 1.0) -> Figure:
+def image_grid(
+    images: torch.Tensor,
+    nrows: int,
+    ncols: int,
+    *,
+    title: str,
+    row_labels: Sequence[str] | None = None,
+    cell: float = 1.0,
+) -> Figure:
     """A grid of images filled row by row, with optional row labels on the left."""
     if len(images) < nrows * ncols:
         raise ValueError(f"{len(images)} images cannot fill a {nrows} x {ncols} grid")
@@ -91,17 +98,30 @@ def flow_diagram(lanes: Sequence[tuple[str, Sequence[str]]], *, title: str, widt
         ax.text(-1.5, y, label, ha="left", va="center", fontsize=11, fontweight="bold", color=color)
         for col, text in enumerate(boxes):
             x = col * 3.0
-            ax.add_patch(FancyBboxPatch((x, y - 0.5), 2.4, 1.0, boxstyle="round,pad=0.05",
-                                        facecolor=(*color, 0.15), edgecolor=color, linewidth=1.5))
+            ax.add_patch(
+                FancyBboxPatch(
+                    (x, y - 0.5),
+                    2.4,
+                    1.0,
+                    boxstyle="round,pad=0.05",
+                    facecolor=(*color, 0.15),
+                    edgecolor=color,
+                    linewidth=1.5,
+                )
+            )
             ax.text(x + 1.2, y, text, ha="center", va="center", fontsize=9, wrap=True)
             if col > 0:
-                ax.add_patch(FancyArrowPatch((x - 0.6, y), (x - 0.02, y), arrowstyle="-|>", mutation_scale=14, color="0.3"))
+                ax.add_patch(
+                    FancyArrowPatch((x - 0.6, y), (x - 0.02, y), arrowstyle="-|>", mutation_scale=14, color="0.3")
+                )
         if previous_end is not None:
             # Route the hand-over through the gap between lanes: down, left, down into the first box.
             x_from, y_from = previous_end
             y_gap = y + 0.8
             ax.plot([x_from, x_from, 1.2], [y_from, y_gap, y_gap], color="0.3", linewidth=1.2)
-            ax.add_patch(FancyArrowPatch((1.2, y_gap), (1.2, y + 0.57), arrowstyle="-|>", mutation_scale=14, color="0.3"))
+            ax.add_patch(
+                FancyArrowPatch((1.2, y_gap), (1.2, y + 0.57), arrowstyle="-|>", mutation_scale=14, color="0.3")
+            )
         previous_end = ((len(boxes) - 1) * 3.0 + 1.2, y - 0.57)
     ax.set_title(title)
     return fig

@@ -26,7 +26,7 @@ def read_idx(path: Path) -> np.ndarray:
         raise ValueError(f"{path} is not an IDX file of unsigned bytes")
     ndim = raw[3]
     header = 4 + 4 * ndim
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = header + int(np.prod(shape))
     if len(raw) != expected:
         raise ValueError(f"{path} holds {len(raw)} bytes, its header promises {expected} (truncated?)")

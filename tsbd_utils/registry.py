@@ -53,9 +53,7 @@ class Registry(Mapping[str, T], Generic[T]):
         try:
             return self._items[name]
         except (KeyError, TypeError):
-            raise UnknownNameError(
-                f"unknown {self.kind} {name!r}; allowed: {', '.join(self._items)}"
-            ) from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; allowed: {', '.join(self._items)}") from None
 
     def check(self, name: str) -> str:
         """Return ``name`` if it is registered, else raise :class:`UnknownNameError`."""

@@ -46,20 +46,37 @@ def check_parameters(path: Path, parameters: dict[str, Any]) -> None:
         raise ValueError(f"{path.name} has no cell tagged 'parameters'")
     unknown = sorted(set(parameters) - set(declared))
     if unknown:
-        raise ValueError(f"{path.name} does not declare parameter(s) {', '.join(unknown)}; allowed: {', '.join(declared)}")
+        raise ValueError(
+            f"{path.name} does not declare parameter(s) {', '.join(unknown)}; allowed: {', '.join(declared)}"
+        )
 
 
-def run_notebook(path: Path, output: Path, parameters: dict[str, Any], *, timeout: int | None = None,
-                 progress: bool = False, log_output: bool = False) -> float:
+def run_notebook(
+    path: Path,
+    output: Path,
+    parameters: dict[str, Any],
+    *,
+    timeout: int | None = None,
+    progress: bool = False,
+    log_output: bool = False,
+) -> float:
     """Execute ``path`` with ``parameters`` into ``output`` (kernel ``python3``, cwd = its folder); return seconds."""
     import papermill
 
     check_parameters(path, parameters)
     output.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    papermill.execute_notebook(str(path), str(output), parameters=parameters, kernel_name="python3",
-                               cwd=str(path.parent), progress_bar=progress, log_output=log_output,
-                               execution_timeout=timeout, report_mode=False)
+    papermill.execute_notebook(
+        str(path),
+        str(output),
+        parameters=parameters,
+        kernel_name="python3",
+        cwd=str(path.parent),
+        progress_bar=progress,
+        log_output=log_output,
+        execution_timeout=timeout,
+        report_mode=False,
+    )
     return time.perf_counter() - start
 
 
@@ -101,9 +118,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: no notebooks matching {NOTEBOOK_GLOB} in {folder}", file=sys.stderr)
         return 2
     run_dir = default_run_dir(args.profile, args.run_dir).resolve()
-    parameters = {"PROFILE": args.profile, "DATASET": args.dataset, "SEED": args.seed, "DEVICE": args.device,
-                  "CACHE_DIR": os.path.abspath(args.cache_dir) if args.cache_dir else None,
-                  "FIGURES_DIR": os.path.abspath(args.figures_dir), "RUN_DIR": str(run_dir)}
+    parameters = {
+        "PROFILE": args.profile,
+        "DATASET": args.dataset,
+        "SEED": args.seed,
+        "DEVICE": args.device,
+        "CACHE_DIR": os.path.abspath(args.cache_dir) if args.cache_dir else None,
+        "FIGURES_DIR": os.path.abspath(args.figures_dir),
+        "RUN_DIR": str(run_dir),
+    }
     if args.data_dir:
         parameters["DATA_DIR"] = os.path.abspath(args.data_dir)
     print(f"profile {args.profile}: {len(selected)} notebook(s); executed copies and results in {run_dir}", flush=True)

@@ -67,8 +67,13 @@ def git_commit() -> str | None:
         return None
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if sha.returncode != 0:
@@ -116,39 +121,69 @@ class Session:
         import torchvision
 
         return {
-            "notebook": self.notebook, "profile": self.profile.name, "dataset": self.profile.dataset,
-            "seed": self.seed, "device": str(self.device), "threads": self.threads,
-            "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or platform.machine(),
-            "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                         "torchvision": torchvision.__version__, "tsbd_utils": __version__},
-            "git_commit": git_commit(), "profile_settings": self.profile.summary(),
+            "notebook": self.notebook,
+            "profile": self.profile.name,
+            "dataset": self.profile.dataset,
+            "seed": self.seed,
+            "device": str(self.device),
+            "threads": self.threads,
+            "device_name": torch.cuda.get_device_name(self.device)
+            if self.device.type == "cuda"
+            else platform.processor() or platform.machine(),
+            "versions": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "torchvision": torchvision.__version__,
+                "tsbd_utils": __version__,
+            },
+            "git_commit": git_commit(),
+            "profile_settings": self.profile.summary(),
         }
 
     def write_results(self, results: dict[str, Any]) -> Path:
         """Write ``<run_dir>/<NN>_results.json``: the numbers plus provenance and run time."""
-        value = {"results": results, "provenance": self.provenance(), "meaningful": self.profile.meaningful,
-                 "seconds": round(time.time() - self.started, 2),
-                 "cache": {"hits": sum(e.hit for e in self.cache.events), "misses": sum(not e.hit for e in self.cache.events)}}
+        value = {
+            "results": results,
+            "provenance": self.provenance(),
+            "meaningful": self.profile.meaningful,
+            "seconds": round(time.time() - self.started, 2),
+            "cache": {
+                "hits": sum(e.hit for e in self.cache.events),
+                "misses": sum(not e.hit for e in self.cache.events),
+            },
+        }
         return write_json(self.run_dir / f"{self.notebook}_results.json", value)
 
     def describe(self) -> str:
         p = self.profile
-        lines = [f"profile   {p.name}: {p.description}",
-                 f"dataset   {p.dataset} (train {p.train_size or 'all'}, test {p.test_size or 'all'}, clean share {p.clean_ratio:.0%})",
-                 f"model     {p.model}, width {p.width}",
-                 f"device    {self.device} ({self.threads} CPU threads)",
-                 f"seed      {self.seed}",
-                 f"cache     {self.cache.root}",
-                 f"figures   {self.figures_dir}",
-                 f"results   {self.run_dir}"]
+        lines = [
+            f"profile   {p.name}: {p.description}",
+            f"dataset   {p.dataset} (train {p.train_size or 'all'}, test {p.test_size or 'all'}, "
+            f"clean share {p.clean_ratio:.0%})",
+            f"model     {p.model}, width {p.width}",
+            f"device    {self.device} ({self.threads} CPU threads)",
+            f"seed      {self.seed}",
+            f"cache     {self.cache.root}",
+            f"figures   {self.figures_dir}",
+            f"results   {self.run_dir}",
+        ]
         if not p.meaningful:
             lines.append("NOTE      smoke profile: the numbers below only show that the code runs; they mean nothing.")
         return "\n".join(lines)
 
 
-def start(notebook: str, *, profile: str, dataset: str | None = None, seed: int = 0, device: str = "auto",
-          cache_dir: str | None = None, figures_dir: str = "../figures", run_dir: str | None = None,
-          data_dir: str | None = None) -> Session:
+def start(
+    notebook: str,
+    *,
+    profile: str,
+    dataset: str | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    cache_dir: str | None = None,
+    figures_dir: str = "../figures",
+    run_dir: str | None = None,
+    data_dir: str | None = None,
+) -> Session:
     """Validate a notebook's parameters and build its :class:`Session`; bad values fail here."""
     if not (isinstance(notebook, str) and len(notebook) == 2 and notebook.isdigit()):
         raise ValueError(f"notebook must be two digits such as '00', got {notebook!r}")
@@ -156,9 +191,14 @@ def start(notebook: str, *, profile: str, dataset: str | None = None, seed: int 
         raise ValueError(f"SEED must be an int >= 0, got {seed!r}")
     resolved = resolve(profile, dataset=dataset)
     session = Session(
-        notebook=notebook, profile=resolved, seed=seed, device=resolve_device(device),
-        cache=Cache.at(cache_dir), figures_dir=Path(figures_dir),
-        run_dir=default_run_dir(resolved.name, run_dir), data_dir=Path(data_dir) if data_dir else None,
+        notebook=notebook,
+        profile=resolved,
+        seed=seed,
+        device=resolve_device(device),
+        cache=Cache.at(cache_dir),
+        figures_dir=Path(figures_dir),
+        run_dir=default_run_dir(resolved.name, run_dir),
+        data_dir=Path(data_dir) if data_dir else None,
         threads=configure_threads(),
     )
     plotting.setup("paper" if resolved.name == "paper" else "notebook")

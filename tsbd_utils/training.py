@@ -36,7 +36,9 @@ class BatchTransform:
     example to step a jointly trained trigger generator).
     """
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return x, y
 
     def extra_loss(self) -> torch.Tensor | None:
@@ -68,7 +70,11 @@ class History:
         return images / self.total_seconds if self.total_seconds > 0 else 0.0
 
     def timing(self) -> dict[str, Any]:
-        return {"train_seconds": self.total_seconds, "images_per_s": self.images_per_s, "epoch_seconds": list(self.seconds)}
+        return {
+            "train_seconds": self.total_seconds,
+            "images_per_s": self.images_per_s,
+            "epoch_seconds": list(self.seconds),
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """The metrics only (JSON-able); wall time is in :meth:`timing`."""
@@ -86,10 +92,19 @@ def autocast(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
-def train(model: nn.Module, data: ImageData, config: TrainConfig, *, spec: DatasetSpec, seed: int,
-          device: str | torch.device = "cpu", batch_transform: BatchTransform | None = None,
-          eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
-          progress: bool = True, desc: str = "train") -> History:
+def train(
+    model: nn.Module,
+    data: ImageData,
+    config: TrainConfig,
+    *,
+    spec: DatasetSpec,
+    seed: int,
+    device: str | torch.device = "cpu",
+    batch_transform: BatchTransform | None = None,
+    eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> History:
     """Train ``model`` in place with SGD on ``data``; return its :class:`History`.
 
     Args:
@@ -115,8 +130,13 @@ def train(model: nn.Module, data: ImageData, config: TrainConfig, *, spec: Datas
     if channels_last:
         model.to(memory_format=torch.channels_last)
     x_all, y_all = data.x.to(device), data.y.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov and config.momentum > 0,
+        weight_decay=config.weight_decay,
+    )
     order_gen = generator(seed, "train-order")
     aug_gen = generator(seed, "train-augment", device)
     n = len(data)
@@ -134,7 +154,7 @@ def train(model: nn.Module, data: ImageData, config: TrainConfig, *, spec: Datas
         start = time.perf_counter()
         for b in tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False, disable=not progress):
             stop = n if b == steps_per_epoch - 1 else (b + 1) * config.batch_size
-            index = order[b * config.batch_size: stop]
+            index = order[b * config.batch_size : stop]
             x = x_all[index].float().div_(255)
             y = y_all[index]
             if config.augment:
@@ -164,8 +184,13 @@ def train(model: nn.Module, data: ImageData, config: TrainConfig, *, spec: Datas
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         history.seconds.append(time.perf_counter() - start)
-        record = {"epoch": epoch + 1, "loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
-                  "lr": lr, "images": seen}
+        record = {
+            "epoch": epoch + 1,
+            "loss": loss_sum.item() / seen,
+            "train_acc": correct.item() / seen,
+            "lr": lr,
+            "images": seen,
+        }
         if eval_fn is not None:
             model.eval()
             record.update(eval_fn(model))

@@ -22,8 +22,16 @@ from .training import History, train
 def model_fields(session: Session, role: str, **extra: Any) -> dict[str, Any]:
     """Cache-key fields of a model trained from scratch under ``session`` (plus ``extra``)."""
     p = session.profile
-    return {"role": role, "dataset": p.dataset, "train_size": p.train_size, "model": p.model,
-            "width": p.width, "train": p.train, "seed": session.seed, **extra}
+    return {
+        "role": role,
+        "dataset": p.dataset,
+        "train_size": p.train_size,
+        "model": p.model,
+        "width": p.width,
+        "train": p.train,
+        "seed": session.seed,
+        **extra,
+    }
 
 
 @dataclass
@@ -42,14 +50,26 @@ def clean_model(session: Session, progress: bool = True) -> Trained:
     timing: dict[str, Any] = {}
 
     def fit(m: nn.Module) -> dict[str, Any]:
-        history = train(m, splits.train, session.profile.train, spec=splits.spec, seed=session.seed,
-                        device=session.device, progress=progress, desc="clean model")
+        history = train(
+            m,
+            splits.train,
+            session.profile.train,
+            spec=splits.spec,
+            seed=session.seed,
+            device=session.device,
+            progress=progress,
+            desc="clean model",
+        )
         timing.update(history.timing())
         return {"history": history.to_dict(), "parameters": count_parameters(m)}
 
     model, extras, info = session.cache.get_or_train(
-        "model", model_fields(session, "clean"), model, fit,
-        info=lambda: {"device": str(session.device), "threads": session.threads, **timing})
+        "model",
+        model_fields(session, "clean"),
+        model,
+        fit,
+        info=lambda: {"device": str(session.device), "threads": session.threads, **timing},
+    )
     return Trained(model.to(session.device), History.from_dict(extras["history"]), info)
 
 
