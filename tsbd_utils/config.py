@@ -42,7 +42,7 @@ class TrainConfig:
     schedule: str = "cosine"  # key of schedules.SCHEDULES: constant, cosine, onecycle
     augment: bool = True  # the dataset's random crop, plus flip where BackdoorBench flips (CIFAR-10)
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU, where bf16 is often slower
-    channels_last: bool = True  # NHWC memory format on CPU and CUDA (benchmarks/train_step.py: 1.2x on 2 CPU cores)
+    channels_last: bool = True  # NHWC memory format on CPU and CUDA (1.2-1.4x on 2 CPU cores: benchmarks/train_step.py)
 
     def __post_init__(self) -> None:
         _require(isinstance(self.epochs, int) and self.epochs >= 0, f"epochs must be an int >= 0, got {self.epochs!r}")
