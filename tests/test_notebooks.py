@@ -13,7 +13,7 @@ from tsbd_utils import reproduce
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = reproduce.notebooks(NOTEBOOKS_DIR)
-REQUIRED_PARAMETERS = {
+REQUIRED_PARAMETERS = {  # every notebook declares these (reproduce.py passes them), with these defaults
     "PROFILE": "quick",
     "DATASET": None,
     "SEED": 0,
@@ -21,6 +21,7 @@ REQUIRED_PARAMETERS = {
     "CACHE_DIR": None,
     "FIGURES_DIR": "../figures",
     "RUN_DIR": None,
+    "DATA_DIR": None,
 }
 
 # What each notebook must write in the smoke profile: figure slugs, and checks on its results.
