@@ -186,20 +186,32 @@ class Cache:
         model: nn.Module,
         fit: Callable[[nn.Module], dict[str, Any]],
         info: Callable[[], dict[str, Any]] | None = None,
+        attachments: dict[str, Any] | None = None,
     ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
         """``model`` with cached weights, or trained by ``fit(model)`` and stored.
 
         ``fit`` trains the model in place and returns JSON-able extras (such as its history);
-        they come back with the weights on a hit, with the provenance stored beside them. The
-        model is rebuilt by the caller, so only tensors are ever loaded.
+        they come back with the weights on a hit, with the provenance stored beside them.
+        ``attachments`` are objects with ``state_dict``/``load_state_dict`` stored in the same
+        entry (an attack's trigger or generator travels with its backdoored model). The model is
+        rebuilt by the caller, so only tensors are ever loaded.
         """
+        attachments = attachments or {}
 
         def compute() -> Artifact:
             extras = fit(model)
-            return {"extras": extras, **{f"state.{k}": v for k, v in model.state_dict().items()}}
+            value = {"extras": extras, **{f"state.{k}": v for k, v in model.state_dict().items()}}
+            for name, obj in attachments.items():
+                value.update({f"{name}.{k}": v for k, v in obj.state_dict().items()})
+            return value
 
         value, stored_info = self.get_or_compute_with_info(kind, fields, compute, info)
-        state = {k.removeprefix("state."): v for k, v in value.items() if k.startswith("state.")}
-        model.load_state_dict(state)
+        model.load_state_dict(_prefixed(value, "state."))
+        for name, obj in attachments.items():
+            obj.load_state_dict(_prefixed(value, f"{name}."))
         model.eval()
         return model, value["extras"], stored_info
+
+
+def _prefixed(value: Artifact, prefix: str) -> dict[str, torch.Tensor]:
+    return {k.removeprefix(prefix): v for k, v in value.items() if k.startswith(prefix)}

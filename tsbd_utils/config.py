@@ -71,6 +71,7 @@ class Profile:
     epoch_scale: float = 1.0  # factor on the epoch counts of defenses and fine-tuning
     unlearn_cap: int = 1000  # most epochs of clean unlearning (the official code allows 1000)
     eval_batch_size: int = 1024  # images per forward pass when evaluating
+    attack_overrides: bool = False  # apply BackdoorBench's per-attack recipe changes (WaNet's constant lr, ...)
     meaningful: bool = True  # False for smoke: its numbers only prove the code runs
     description: str = ""  # one line for tables and notebook headers
 
@@ -145,6 +146,7 @@ PROFILES.register(
         test_size=None,
         width=64,
         train=TrainConfig(),  # BackdoorBench: 100 epochs, SGD 0.01, momentum 0.9, wd 5e-4, cosine, batch 128
+        attack_overrides=True,
         description="the paper's protocol: CIFAR-10, PreActResNet18, 100 epochs, on a GPU",
     ),
 )

@@ -54,6 +54,19 @@ def defense_effectiveness_rating(acc_bd: float, asr_bd: float, acc_def: float, a
     return (max(0.0, asr_bd - asr_def) - max(0.0, acc_bd - acc_def) + 1.0) / 2.0
 
 
+def psnr(clean: torch.Tensor, poisoned: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB per image, for images in [0, 1] (inf where identical)."""
+    if clean.shape != poisoned.shape:
+        raise ValueError(f"shapes differ: {tuple(clean.shape)} vs {tuple(poisoned.shape)}")
+    mse = (clean.float() - poisoned.float()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse)
+
+
+def linf(clean: torch.Tensor, poisoned: torch.Tensor) -> torch.Tensor:
+    """Largest absolute pixel change per image (L-infinity norm of the trigger's residual)."""
+    return (clean.float() - poisoned.float()).abs().flatten(1).amax(1)
+
+
 def _as_float_batch(batch: torch.Tensor) -> torch.Tensor:
     if batch.dtype == torch.uint8:
         return batch.float().div_(255)

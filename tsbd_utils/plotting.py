@@ -125,3 +125,28 @@ def flow_diagram(lanes: Sequence[tuple[str, Sequence[str]]], *, title: str, widt
         previous_end = ((len(boxes) - 1) * 3.0 + 1.2, y - 0.57)
     ax.set_title(title)
     return fig
+
+
+def trigger_gallery(clean: torch.Tensor, poisoned: dict[str, torch.Tensor], *, title: str, cell: float = 1.5) -> Figure:
+    """One column per attack: the clean image, the poisoned image, and the residual amplified to full range.
+
+    ``clean`` is one image (C, H, W); ``poisoned`` maps an attack's title to its poisoned version of
+    it (the same image for every attack, so the triggers can be compared). Each residual |x' - x| is
+    stretched so that its largest value is white; the factor is printed under it.
+    """
+    names = list(poisoned)
+    fig, axes = plt.subplots(3, len(names), figsize=(len(names) * cell + 1.2, 3 * cell + 0.8), squeeze=False)
+    x = clean.float() / 255 if clean.dtype == torch.uint8 else clean.float()
+    for col, name in enumerate(names):
+        p = poisoned[name].float() / 255 if poisoned[name].dtype == torch.uint8 else poisoned[name].float()
+        residual = (p - x).abs().amax(0, keepdim=True)
+        gain = 1.0 / max(residual.max().item(), 1e-8)
+        show_image(axes[0, col], x, name)
+        show_image(axes[1, col], p)
+        show_image(axes[2, col], (residual * gain).clamp(0, 1))
+        axes[2, col].set_xlabel(f"x{gain:.0f}", fontsize=8)
+    for row, label in enumerate(("clean", "poisoned", "|residual|\namplified")):
+        axes[row, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,8 +1,9 @@
 """The models every notebook shares, trained once and then loaded from the cache.
 
 A model's cache key is everything that determines it: dataset, training-set size, architecture,
-width, training recipe and seed. Notebook 00 trains the clean model; notebook 01 and later find it
-by asking with the same session settings.
+width, training recipe, seed and, for a backdoored model, the attack and its config. Notebook 00
+trains the clean model; notebook 01 the backdoored ones; later notebooks find them by asking with
+the same session settings.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from . import metrics
+from .attacks import ATTACKS, Attack, AttackConfig, AttackContext
 from .models import count_parameters, model_for
 from .session import Session
 from .training import History, train
@@ -43,34 +45,71 @@ class Trained:
     info: dict[str, Any]  # device, train_seconds, images_per_s, epoch_seconds, created (from when it was trained)
 
 
-def clean_model(session: Session, progress: bool = True) -> Trained:
-    """The profile's clean model (no attack), trained once and then loaded from the cache."""
+@dataclass
+class Backdoored(Trained):
+    """A backdoored model and the attack that planted it (prepared: ``attack.apply`` works)."""
+
+    attack: Attack | None = None
+    poisoned: int = 0  # poisoned training images (0 for attacks that poison on the fly)
+
+
+def _train_cached(session: Session, fields: dict[str, Any], train_one, progress: bool, desc: str,
+                  attachments: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     splits = session.splits
     model = model_for(session.profile, splits.spec, session.seed)
     timing: dict[str, Any] = {}
 
     def fit(m: nn.Module) -> dict[str, Any]:
-        history = train(
-            m,
-            splits.train,
-            session.profile.train,
-            spec=splits.spec,
-            seed=session.seed,
-            device=session.device,
-            progress=progress,
-            desc="clean model",
-        )
+        history, extras = train_one(m)
         timing.update(history.timing())
-        return {"history": history.to_dict(), "parameters": count_parameters(m)}
+        return {"history": history.to_dict(), "parameters": count_parameters(m), **extras}
 
     model, extras, info = session.cache.get_or_train(
-        "model",
-        model_fields(session, "clean"),
-        model,
-        fit,
+        "model", fields, model, fit, attachments=attachments,
         info=lambda: {"device": str(session.device), "threads": session.threads, **timing},
     )
-    return Trained(model.to(session.device), History.from_dict(extras["history"]), info)
+    return model.to(session.device), extras, info
+
+
+def clean_model(session: Session, progress: bool = True) -> Trained:
+    """The profile's clean model (no attack), trained once and then loaded from the cache."""
+    splits = session.splits
+
+    def train_one(m: nn.Module):
+        history = train(m, splits.train, session.profile.train, spec=splits.spec, seed=session.seed,
+                        device=session.device, progress=progress, desc="clean model")
+        return history, {}
+
+    model, extras, info = _train_cached(session, model_fields(session, "clean"), train_one, progress, "clean")
+    return Trained(model, History.from_dict(extras["history"]), info)
+
+
+def attack_context(session: Session, progress: bool = True) -> AttackContext:
+    """What an attack's ``prepare`` may use under ``session``; the clean model is loaded only if asked for."""
+    return AttackContext(
+        spec=session.splits.spec, train=session.splits.train, profile=session.profile, seed=session.seed,
+        device=session.device, cache=session.cache, key=model_fields(session, "resource"),
+        clean_model=lambda: clean_model(session, progress).model, progress=progress,
+    )
+
+
+def backdoored_model(session: Session, name: str, config: AttackConfig | None = None,
+                     progress: bool = True) -> Backdoored:
+    """The model backdoored by attack ``name`` (its config, else BackdoorBench's defaults); cached."""
+    attack = ATTACKS[name](config)
+    splits = session.splits
+
+    def train_one(m: nn.Module):
+        attack.prepare(attack_context(session, progress))
+        poisoned, index = attack.poison_train(splits.train, session.seed)
+        history = train(m, poisoned, attack.train_config(session.profile), spec=splits.spec, seed=session.seed,
+                        device=session.device, batch_transform=attack.batch_transform(), progress=progress,
+                        desc=f"{attack.title} model")
+        return history, {"poisoned": len(index)}
+
+    fields = model_fields(session, "backdoor", attack=name, attack_config=attack.config)
+    model, extras, info = _train_cached(session, fields, train_one, progress, name, attachments={"attack": attack})
+    return Backdoored(model, History.from_dict(extras["history"]), info, attack=attack, poisoned=extras["poisoned"])
 
 
 def test_accuracy(session: Session, model: nn.Module) -> tuple[float, torch.Tensor]:
@@ -78,3 +117,12 @@ def test_accuracy(session: Session, model: nn.Module) -> tuple[float, torch.Tens
     test = session.splits.test
     pred = metrics.predict(model, test.x, session.profile.eval_batch_size, session.device)
     return metrics.accuracy(pred, test.y), pred
+
+
+def evaluate(session: Session, model: nn.Module, attack: Attack) -> dict[str, float]:
+    """ACC on the clean test set; ASR and RA on the attack's backdoor test set (non-target images)."""
+    acc, _ = test_accuracy(session, model)
+    x_bd, y_true = attack.backdoor_test(session.splits.test)
+    pred = metrics.predict(model, x_bd, session.profile.eval_batch_size, session.device)
+    return {"acc": acc, "asr": metrics.attack_success_rate(pred, attack.config.target),
+            "ra": metrics.robust_accuracy(pred, y_true)}

@@ -1,0 +1,215 @@
+"""What every attack offers, and the helpers they share.
+
+An attack is a class built from its frozen config. The life cycle:
+
+1. ``prepare(context)`` builds what the attack needs for this dataset (a trigger image scaled to
+   the images, a warp field, a generator, an optimized pattern); expensive resources go through the
+   cache. ``load_state_dict`` restores the same state without recomputing it.
+2. ``poison_train(data, seed)`` returns the poisoned training set and the poisoned indices for
+   attacks that poison the data set; attacks that poison on the fly (WaNet, Input-aware) return the
+   data unchanged and hand the training loop a ``batch_transform()`` instead.
+3. ``apply(x)`` stamps the test-time trigger on float images in [0, 1]; ``backdoor_test(test)``
+   builds the backdoor test set from the non-target test images, as BackdoorBench does.
+
+Images are float (N, C, H, W) in [0, 1] on any device; no method modifies its input. Poisoned
+images are stored as uint8, like BackdoorBench's PNG files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..cache import Cache
+from ..config import Profile, TrainConfig
+from ..data import ImageData
+from ..datasets import DatasetSpec
+from ..rng import generator
+from ..training import BatchTransform
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """Threat-model fields shared by every attack (BackdoorBench: all-to-one, target 0, 10%)."""
+
+    target: int = 0  # the class every triggered image is sent to (all-to-one)
+    ratio: float = 0.1  # poisoning ratio: poisoned share of the whole training set (pratio)
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.target, int) and self.target >= 0):
+            raise ValueError(f"target must be a class index >= 0, got {self.target!r}")
+        if not 0 < self.ratio < 1:
+            raise ValueError(f"ratio must be in (0, 1), got {self.ratio!r}")
+
+
+@dataclass
+class AttackContext:
+    """What ``prepare`` may use. The zoo builds it from a notebook session; tests build small ones."""
+
+    spec: DatasetSpec  # image shape, classes, augmentation
+    train: ImageData  # the attacker's clean training images (resources are fit on them)
+    profile: Profile  # scales resource-building loops (epoch_scale)
+    seed: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    cache: Cache | None = None  # where resources are kept; None recomputes them
+    key: dict[str, Any] = field(default_factory=dict)  # fields naming the data and clean model, for cache keys
+    clean_model: Callable[[], nn.Module] | None = None  # a trained clean model (Trojan, LF)
+    progress: bool = False
+
+    def get_clean_model(self) -> nn.Module:
+        if self.clean_model is None:
+            raise ValueError("this attack needs a clean model: build the AttackContext with clean_model=...")
+        return self.clean_model()
+
+    def cached(self, kind: str, fields: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """``compute()`` through the cache (when there is one), keyed by ``fields`` plus the context key."""
+        if self.cache is None:
+            return compute()
+        return self.cache.get_or_compute(kind, {**self.key, **fields, "seed": self.seed}, compute)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] to uint8, rounding (what saving a PNG does)."""
+    return x.clamp(0, 1).mul(255).round_().to(torch.uint8)
+
+
+def check_images(x: torch.Tensor, shape: tuple[int, int, int] | None = None) -> None:
+    """Fail at once, naming the problem, unless ``x`` is float (N, C, H, W) in [0, 1] of ``shape``."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim != 4:
+        got = f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"images must be a float tensor (N, C, H, W) in [0, 1], got {got}")
+    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+        raise ValueError(f"images of shape {tuple(x.shape[1:])}; this attack was prepared for {tuple(shape)}")
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise ValueError(f"images must lie in [0, 1], got values in [{x.min().item():.3g}, {x.max().item():.3g}]")
+
+
+class Attack:
+    """Base class: the life cycle above, with defaults for a data-poisoning, dirty-label attack.
+
+    Subclasses set the class attributes, implement ``_apply`` (and ``_prepare`` when they build
+    anything) and keep every tensor they need in ``self.state`` so that ``state_dict`` captures it.
+    """
+
+    name: ClassVar[str]  # registry key
+    title: ClassVar[str]  # display name
+    citation: ClassVar[str]  # paper, venue, link
+    config_class: ClassVar[type[AttackConfig]] = AttackConfig
+    clean_label: ClassVar[bool] = False  # poisons only target-class images and keeps their labels
+    on_the_fly: ClassVar[bool] = False  # poisons batches during training instead of the data set
+    invisible: ClassVar[bool] = False  # the trigger is meant to be imperceptible (PSNR is checked)
+
+    def __init__(self, config: AttackConfig | None = None, **overrides: Any) -> None:
+        config = config if config is not None else self.config_class()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{self.name} takes a {self.config_class.__name__}, got {type(config).__name__}")
+        self.config = dataclasses.replace(config, **overrides) if overrides else config
+        self.shape: tuple[int, int, int] | None = None
+        self.state: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------ life cycle
+    def prepare(self, context: AttackContext) -> Attack:
+        """Build the attack's state for ``context``'s images; returns self."""
+        self.shape = (context.spec.channels, context.spec.size, context.spec.size)
+        if not 0 <= self.config.target < context.spec.num_classes:
+            raise ValueError(f"target {self.config.target} is not a class of {context.spec.name} "
+                             f"(0..{context.spec.num_classes - 1})")
+        self._prepare(context)
+        return self
+
+    def _prepare(self, context: AttackContext) -> None:
+        """Subclasses build their state here."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every tensor the attack needs after ``prepare`` (stored with the backdoored model)."""
+        shape = torch.tensor(self.shape if self.shape else (0, 0, 0))
+        return {"shape": shape, **{k: v.detach().cpu() for k, v in self.state.items()}}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> Attack:
+        """Restore what ``prepare`` built, without rebuilding it."""
+        self.shape = tuple(int(s) for s in state["shape"])
+        self.state = {k: v for k, v in state.items() if k != "shape"}
+        self._loaded()
+        return self
+
+    def _loaded(self) -> None:
+        """Subclasses rebuild modules from ``self.state`` here (generators, encoders)."""
+
+    def _require_prepared(self) -> None:
+        if self.shape is None:
+            raise RuntimeError(f"{self.name}: call prepare(context) or load_state_dict(state) first")
+
+    # ------------------------------------------------------------ triggering
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """The test-time trigger on float images (N, C, H, W) in [0, 1]; a new tensor, same device."""
+        self._require_prepared()
+        check_images(x, self.shape)
+        with torch.no_grad():
+            return self._apply(x).clamp(0, 1)
+
+    def _apply(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def apply_uint8(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """``apply`` on uint8 images in batches, back to uint8 (how poisoned sets are stored)."""
+        out = torch.empty_like(x)
+        for start in range(0, len(x), batch_size):
+            out[start : start + batch_size] = to_uint8(self.apply(x[start : start + batch_size].float() / 255))
+        return out
+
+    # ------------------------------------------------------------ poisoning
+    def poison_count(self, labels: torch.Tensor) -> int:
+        """How many training images are poisoned: ``ratio`` of the whole set (BackdoorBench's pratio).
+
+        For a clean-label attack the candidates are the target-class images only, so the count is
+        capped by their number (at 10% on a balanced 10-class set: every target-class image).
+        """
+        count = round(self.config.ratio * len(labels))
+        if self.clean_label:
+            count = min(count, int((labels == self.config.target).sum()))
+        return count
+
+    def poison_index(self, labels: torch.Tensor, seed: int) -> torch.Tensor:
+        """A seeded choice of the images to poison, sorted."""
+        candidates = torch.arange(len(labels))
+        if self.clean_label:
+            candidates = candidates[labels.cpu() == self.config.target]
+        order = torch.randperm(len(candidates), generator=generator(seed, f"poison:{self.name}"))
+        return candidates[order[: self.poison_count(labels)]].sort().values
+
+    def poison_train(self, data: ImageData, seed: int) -> tuple[ImageData, torch.Tensor]:
+        """The poisoned training set and the indices of the poisoned images; ``data`` is untouched."""
+        self._require_prepared()
+        if self.on_the_fly:
+            return data, torch.empty(0, dtype=torch.int64)
+        index = self.poison_index(data.y, seed)
+        x, y = data.x.clone(), data.y.clone()
+        x[index] = self.apply_uint8(data.x[index])
+        if not self.clean_label:
+            y[index] = self.config.target
+        return ImageData(x, y), index
+
+    def train_config(self, profile: Profile) -> TrainConfig:
+        """The recipe the backdoored model is trained with: the profile's, unless the attack overrides it.
+
+        BackdoorBench changes the recipe for some attacks (WaNet: constant lr); those overrides
+        apply where the profile asks for them (``attack_overrides``: the paper profile).
+        """
+        return profile.train
+
+    def batch_transform(self) -> BatchTransform | None:
+        """The training loop's hook for on-the-fly poisoning (None for data-poisoning attacks)."""
+        return None
+
+    def backdoor_test(self, test: ImageData) -> tuple[torch.Tensor, torch.Tensor]:
+        """Triggered non-target test images (uint8) and their true labels."""
+        keep = test.y != self.config.target
+        return self.apply_uint8(test.x[keep]), test.y[keep]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config})"

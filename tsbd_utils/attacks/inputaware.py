@@ -1,0 +1,147 @@
+"""Input-aware dynamic backdoor: a generator draws a different trigger for every image."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..config import Profile, TrainConfig
+from ..rng import generator
+from ..training import BatchTransform
+from .base import Attack, AttackConfig, AttackContext
+from .nets import UNet, load_module, module_state
+
+
+@dataclass(frozen=True)
+class InputAwareConfig(AttackConfig):
+    cross_ratio: float = 1.0  # cross-trigger samples per poisoned sample in a batch
+    mask_density: float = 0.032  # the share of pixels a mask may cover (BackdoorBench: 0.032)
+    lambda_div: float = 1.0  # weight of the diversity loss (BackdoorBench: 1)
+    lambda_norm: float = 100.0  # weight of the mask-density penalty (BackdoorBench: 100)
+    mask_epochs: int = 25  # mask-generator warm-up epochs at the paper profile (BackdoorBench: 25)
+    lr: float = 0.01  # Adam lr of both generators (BackdoorBench: 0.01, betas (0.5, 0.9))
+    width: int = 16  # channels of the generator U-Nets
+
+
+def diversity(x1: torch.Tensor, x2: torch.Tensor, out1: torch.Tensor, out2: torch.Tensor) -> torch.Tensor:
+    """Input distance over output distance: small when different images get different outputs."""
+    d_in = (x1 - x2).pow(2).mean(dim=(1, 2, 3)).sqrt()
+    d_out = (out1 - out2).pow(2).mean(dim=(1, 2, 3)).sqrt()
+    return (d_in / (d_out + 1e-6)).mean()
+
+
+class InputAware(Attack):
+    """Input-aware dynamic backdoor (Nguyen, Tran, NeurIPS 2020).
+
+    Paper: *Input-Aware Dynamic Backdoor Attack*, https://arxiv.org/abs/2010.08138.
+    A mask generator M picks a few pixels of each image (at most ``mask_density`` of them) and a
+    pattern generator G paints them: x' = (1 - M(x)) x + M(x) G(x). M is trained first, alone,
+    to be sparse and diverse; then G and the classifier are trained together, on the fly. In each
+    batch a ``ratio`` share gets its own trigger and the target label, and as many "cross" samples
+    get the trigger generated for *another* image and keep their label, so that a trigger only
+    works on the image it was made for.
+    """
+
+    name = "inputaware"
+    title = "Input-aware"
+    citation = "Nguyen and Tran, Input-Aware Dynamic Backdoor Attack, NeurIPS 2020 (https://arxiv.org/abs/2010.08138)"
+    config_class = InputAwareConfig
+    on_the_fly = True
+
+    def _nets(self) -> tuple[UNet, UNet]:
+        c = self.shape[0]
+        return UNet(c, c, self.config.width), UNet(c, 1, self.config.width)
+
+    def _prepare(self, context: AttackContext) -> None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(context.seed)
+            self.pattern_net, self.mask_net = (net.to(context.device) for net in self._nets())
+        epochs = max(1, round(self.config.mask_epochs * context.profile.epoch_scale))
+        self._train_masks(context, epochs)
+
+    def pattern(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.pattern_net.to(x.device)(x)) / 2 + 0.5
+
+    def mask(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.mask_net.to(x.device)(x)) / 2 + 0.5
+
+    def stamp(self, x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """``x`` with the trigger generated for ``source`` (``source`` is ``x`` itself for a real trigger)."""
+        m = self.mask(source)
+        return x * (1 - m) + self.pattern(source) * m
+
+    def _train_masks(self, context: AttackContext, epochs: int) -> None:
+        cfg, device = self.config, context.device
+        optimizer = torch.optim.Adam(self.mask_net.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+        g = generator(context.seed, "inputaware-masks")
+        images, batch = context.train.x, context.profile.train.batch_size
+        self.mask_net.train()
+        for _ in range(epochs):
+            order = torch.randperm(len(images), generator=g)
+            for start in range(0, len(images) - 2 * batch + 1, 2 * batch):
+                x = images[order[start : start + 2 * batch]].to(device).float() / 255
+                x1, x2 = x[:batch], x[batch:]
+                m1, m2 = self.mask(x1), self.mask(x2)
+                loss = cfg.lambda_norm * F.relu(m1.mean() - cfg.mask_density) + cfg.lambda_div * diversity(x1, x2, m1, m2)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        self.mask_net.eval().requires_grad_(False)  # M stays fixed from here on
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        self.state = {**module_state("pattern", self.pattern_net), **module_state("mask", self.mask_net)}
+        return super().state_dict()
+
+    def _loaded(self) -> None:
+        pattern_net, mask_net = self._nets()
+        self.pattern_net = load_module("pattern", pattern_net, self.state)
+        self.mask_net = load_module("mask", mask_net, self.state).requires_grad_(False)
+
+    def _apply(self, x: torch.Tensor) -> torch.Tensor:
+        self.pattern_net.eval()
+        return self.stamp(x, x)
+
+    def train_config(self, profile: Profile) -> TrainConfig:
+        # BackdoorBench's classifier milestones lie past the last epoch: a constant learning rate.
+        return dataclasses.replace(profile.train, schedule="constant") if profile.attack_overrides else profile.train
+
+    def batch_transform(self) -> BatchTransform:
+        self._require_prepared()
+        return InputAwarePoisoning(self)
+
+
+class InputAwarePoisoning(BatchTransform):
+    """Joint training of the pattern generator with the classifier, batch by batch."""
+
+    def __init__(self, attack: InputAware) -> None:
+        self.attack = attack
+        self.optimizer = torch.optim.Adam(attack.pattern_net.parameters(), lr=attack.config.lr, betas=(0.5, 0.9))
+        self._div: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator):
+        cfg, attack = self.attack.config, self.attack
+        attack.pattern_net.train()
+        n_bd = int(len(x) * cfg.ratio)
+        n_cross = min(int(n_bd * cfg.cross_ratio), len(x) - n_bd)
+        # Cross samples borrow the triggers of other images of the batch.
+        sources = x[torch.randperm(len(x), generator=generator, device=x.device)[:n_cross]]
+        own, borrowed = attack.pattern(x[:n_bd]), attack.pattern(sources)
+        m_own, m_borrowed = attack.mask(x[:n_bd]), attack.mask(sources)
+        poisoned = x[:n_bd] * (1 - m_own) + own * m_own
+        crossed = x[n_bd : n_bd + n_cross] * (1 - m_borrowed) + borrowed * m_borrowed
+        n = min(n_bd, n_cross)
+        self._div = cfg.lambda_div * diversity(x[:n], sources[:n], own[:n], borrowed[:n]) if n else None
+        x = torch.cat([poisoned, crossed, x[n_bd + n_cross :]])
+        y = torch.cat([torch.full_like(y[:n_bd], cfg.target), y[n_bd:]])
+        return x, y
+
+    def extra_loss(self) -> torch.Tensor | None:
+        return self._div
+
+    def after_step(self) -> None:
+        # The classification loss reached the generator through the poisoned images: step it too.
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
