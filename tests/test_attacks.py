@@ -18,7 +18,9 @@ def smooth_images(n: int, channels: int, size: int, seed: int = 0) -> torch.Tens
     """Smooth random uint8 images (blurred noise): enough structure for warps and encoders to act on."""
     g = torch.Generator().manual_seed(seed)
     coarse = torch.rand(n, channels, size // 4, size // 4, generator=g)
-    return (F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False) * 255).round().to(torch.uint8)
+    return (
+        (F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False) * 255).round().to(torch.uint8)
+    )
 
 
 @pytest.fixture(scope="module", params=list(SHAPES))
@@ -26,8 +28,15 @@ def context(request) -> AttackContext:
     spec = data.DATASETS[SHAPES[request.param]]
     x = smooth_images(120, spec.channels, spec.size)
     y = torch.arange(120) % spec.num_classes
-    model = models.build_model("preactresnet18", num_classes=spec.num_classes, in_channels=spec.channels,
-                               width=2, mean=spec.mean, std=spec.std, seed=0).eval()
+    model = models.build_model(
+        "preactresnet18",
+        num_classes=spec.num_classes,
+        in_channels=spec.channels,
+        width=2,
+        mean=spec.mean,
+        std=spec.std,
+        seed=0,
+    ).eval()
     profile = config.resolve("smoke", train={"batch_size": 32})
     return AttackContext(spec=spec, train=data.ImageData(x, y), profile=profile, seed=0, clean_model=lambda: model)
 
@@ -40,7 +49,9 @@ def prepared(context):
 
 def test_the_registry_holds_the_eight_attacks_of_table_1():
     assert list(ATTACKS) == ["badnets", "blended", "inputaware", "lf", "sig", "ssba", "trojan", "wanet"]
-    with pytest.raises(ValueError, match="unknown attack 'badnet'; allowed: badnets, blended, inputaware, lf, sig, ssba, trojan, wanet"):
+    with pytest.raises(
+        ValueError, match="unknown attack 'badnet'; allowed: badnets, blended, inputaware, lf, sig, ssba, trojan, wanet"
+    ):
         ATTACKS["badnet"]
     for cls in ATTACKS.values():
         assert cls.__doc__ and "https://" in cls.__doc__ + cls.citation
@@ -90,7 +101,9 @@ def test_poisoning_is_exact_and_labels_follow_the_threat_model(name, prepared, c
         return
     unchanged = torch.ones(len(train), dtype=torch.bool)
     unchanged[index] = False
-    assert torch.equal(poisoned.x[unchanged], train.x[unchanged]) and torch.equal(poisoned.y[unchanged], train.y[unchanged])
+    assert torch.equal(poisoned.x[unchanged], train.x[unchanged]) and torch.equal(
+        poisoned.y[unchanged], train.y[unchanged]
+    )
     assert torch.equal(index, attack.poison_train(train, seed=0)[1])
     if attack.clean_label:
         target_images = int((train.y == attack.config.target).sum())

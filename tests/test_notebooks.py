@@ -38,6 +38,19 @@ EXPECTED: dict[str, dict] = {
             and abs(r["der_of_paper_averages"] - 0.97555) < 1e-6
         ),
     },
+    "01": {
+        "figures": ["trigger_gallery", "attack_results"],
+        "results": lambda r: (
+            0 <= r["clean_acc"] <= 1
+            and list(r["attacks"]) == ["badnets", "blended", "inputaware", "lf", "sig", "ssba", "trojan", "wanet"]
+            and all(0 <= a[m] <= 1 for a in r["attacks"].values() for m in ("acc", "asr", "ra", "target_class_acc"))
+            and all(r["attacks"][n]["poisoned"] == 200 for n in ("badnets", "blended", "lf", "ssba", "trojan"))
+            and 0 < r["attacks"]["sig"]["poisoned"] <= 200
+            and r["attacks"]["wanet"]["poisoned"] == r["attacks"]["inputaware"]["poisoned"] == 0
+            and r["attacks"]["ssba"]["psnr"] >= 26
+            and r["attacks"]["badnets"]["linf"] >= 0.9
+        ),
+    },
 }
 
 

@@ -53,8 +53,10 @@ class Backdoored(Trained):
     poisoned: int = 0  # poisoned training images (0 for attacks that poison on the fly)
 
 
-def _train_cached(session: Session, fields: dict[str, Any], train_one, progress: bool, desc: str,
-                  attachments: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+def _train_cached(
+    session: Session, fields: dict[str, Any], train_one, attachments: dict[str, Any] | None = None
+) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """Build the profile's model and train it with ``train_one(model) -> (history, extras)``, through the cache."""
     splits = session.splits
     model = model_for(session.profile, splits.spec, session.seed)
     timing: dict[str, Any] = {}
@@ -65,7 +67,11 @@ def _train_cached(session: Session, fields: dict[str, Any], train_one, progress:
         return {"history": history.to_dict(), "parameters": count_parameters(m), **extras}
 
     model, extras, info = session.cache.get_or_train(
-        "model", fields, model, fit, attachments=attachments,
+        "model",
+        fields,
+        model,
+        fit,
+        attachments=attachments,
         info=lambda: {"device": str(session.device), "threads": session.threads, **timing},
     )
     return model.to(session.device), extras, info
@@ -76,25 +82,40 @@ def clean_model(session: Session, progress: bool = True) -> Trained:
     splits = session.splits
 
     def train_one(m: nn.Module):
-        history = train(m, splits.train, session.profile.train, spec=splits.spec, seed=session.seed,
-                        device=session.device, progress=progress, desc="clean model")
+        history = train(
+            m,
+            splits.train,
+            session.profile.train,
+            spec=splits.spec,
+            seed=session.seed,
+            device=session.device,
+            progress=progress,
+            desc="clean model",
+        )
         return history, {}
 
-    model, extras, info = _train_cached(session, model_fields(session, "clean"), train_one, progress, "clean")
+    model, extras, info = _train_cached(session, model_fields(session, "clean"), train_one)
     return Trained(model, History.from_dict(extras["history"]), info)
 
 
 def attack_context(session: Session, progress: bool = True) -> AttackContext:
     """What an attack's ``prepare`` may use under ``session``; the clean model is loaded only if asked for."""
     return AttackContext(
-        spec=session.splits.spec, train=session.splits.train, profile=session.profile, seed=session.seed,
-        device=session.device, cache=session.cache, key=model_fields(session, "resource"),
-        clean_model=lambda: clean_model(session, progress).model, progress=progress,
+        spec=session.splits.spec,
+        train=session.splits.train,
+        profile=session.profile,
+        seed=session.seed,
+        device=session.device,
+        cache=session.cache,
+        key=model_fields(session, "resource"),
+        clean_model=lambda: clean_model(session, progress).model,
+        progress=progress,
     )
 
 
-def backdoored_model(session: Session, name: str, config: AttackConfig | None = None,
-                     progress: bool = True) -> Backdoored:
+def backdoored_model(
+    session: Session, name: str, config: AttackConfig | None = None, progress: bool = True
+) -> Backdoored:
     """The model backdoored by attack ``name`` (its config, else BackdoorBench's defaults); cached."""
     attack = ATTACKS[name](config)
     splits = session.splits
@@ -102,13 +123,21 @@ def backdoored_model(session: Session, name: str, config: AttackConfig | None = 
     def train_one(m: nn.Module):
         attack.prepare(attack_context(session, progress))
         poisoned, index = attack.poison_train(splits.train, session.seed)
-        history = train(m, poisoned, attack.train_config(session.profile), spec=splits.spec, seed=session.seed,
-                        device=session.device, batch_transform=attack.batch_transform(), progress=progress,
-                        desc=f"{attack.title} model")
+        history = train(
+            m,
+            poisoned,
+            attack.train_config(session.profile),
+            spec=splits.spec,
+            seed=session.seed,
+            device=session.device,
+            batch_transform=attack.batch_transform(),
+            progress=progress,
+            desc=f"{attack.title} model",
+        )
         return history, {"poisoned": len(index)}
 
     fields = model_fields(session, "backdoor", attack=name, attack_config=attack.config)
-    model, extras, info = _train_cached(session, fields, train_one, progress, name, attachments={"attack": attack})
+    model, extras, info = _train_cached(session, fields, train_one, attachments={"attack": attack})
     return Backdoored(model, History.from_dict(extras["history"]), info, attack=attack, poisoned=extras["poisoned"])
 
 
@@ -124,5 +153,8 @@ def evaluate(session: Session, model: nn.Module, attack: Attack) -> dict[str, fl
     acc, _ = test_accuracy(session, model)
     x_bd, y_true = attack.backdoor_test(session.splits.test)
     pred = metrics.predict(model, x_bd, session.profile.eval_batch_size, session.device)
-    return {"acc": acc, "asr": metrics.attack_success_rate(pred, attack.config.target),
-            "ra": metrics.robust_accuracy(pred, y_true)}
+    return {
+        "acc": acc,
+        "asr": metrics.attack_success_rate(pred, attack.config.target),
+        "ra": metrics.robust_accuracy(pred, y_true),
+    }

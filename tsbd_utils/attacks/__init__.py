@@ -1,8 +1,8 @@
 """The eight attacks of the paper's Table 1, one module each, in the registry ``ATTACKS``.
 
-    >>> from tsbd_utils.attacks import ATTACKS
-    >>> attack = ATTACKS["badnets"]()            # BackdoorBench's defaults
-    >>> attack = ATTACKS["blended"](alpha=0.1)   # a field of its config changed
+>>> from tsbd_utils.attacks import ATTACKS
+>>> attack = ATTACKS["badnets"]()            # BackdoorBench's defaults
+>>> attack = ATTACKS["blended"](alpha=0.1)   # a field of its config changed
 """
 
 from __future__ import annotations

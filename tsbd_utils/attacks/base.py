@@ -117,8 +117,9 @@ class Attack:
         """Build the attack's state for ``context``'s images; returns self."""
         self.shape = (context.spec.channels, context.spec.size, context.spec.size)
         if not 0 <= self.config.target < context.spec.num_classes:
-            raise ValueError(f"target {self.config.target} is not a class of {context.spec.name} "
-                             f"(0..{context.spec.num_classes - 1})")
+            raise ValueError(
+                f"target {self.config.target} is not a class of {context.spec.name} (0..{context.spec.num_classes - 1})"
+            )
         self._prepare(context)
         return self
 

@@ -44,7 +44,9 @@ class Blended(Attack):
 
     name = "blended"
     title = "Blended"
-    citation = "Chen et al., Targeted Backdoor Attacks ... Data Poisoning, arXiv 2017 (https://arxiv.org/abs/1712.05526)"
+    citation = (
+        "Chen et al., Targeted Backdoor Attacks ... Data Poisoning, arXiv 2017 (https://arxiv.org/abs/1712.05526)"
+    )
     config_class = BlendedConfig
 
     def _prepare(self, context: AttackContext) -> None:

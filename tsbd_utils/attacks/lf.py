@@ -46,13 +46,18 @@ class LF(Attack):
 
     name = "lf"
     title = "LF"
-    citation = "Zeng et al., Rethinking the Backdoor Attacks' Triggers: A Frequency Perspective, ICCV 2021 (https://arxiv.org/abs/2104.03413)"
+    citation = (
+        "Zeng et al., Rethinking the Backdoor Attacks' Triggers: A Frequency Perspective, ICCV 2021 "
+        "(https://arxiv.org/abs/2104.03413)"
+    )
     config_class = LFConfig
 
     def _prepare(self, context: AttackContext) -> None:
         steps = max(1, round(self.config.steps * context.profile.epoch_scale))
         fields = {"resource": "lf-pattern", "config": self.config, "steps": steps}
-        self.state = {"pattern": context.cached("resource", fields, lambda: {"pattern": self._fit(context, steps)})["pattern"]}
+        self.state = {
+            "pattern": context.cached("resource", fields, lambda: {"pattern": self._fit(context, steps)})["pattern"]
+        }
 
     def _fit(self, context: AttackContext, steps: int) -> torch.Tensor:
         cfg, device = self.config, context.device

@@ -9,8 +9,10 @@ from torch import nn
 
 def _block(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -45,9 +47,12 @@ class BitDecoder(nn.Module):
     def __init__(self, in_channels: int, bits: int, width: int = 32) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, stride=2, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, width, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1),
+            nn.ReLU(inplace=True),
             nn.AdaptiveAvgPool2d(4),
         )
         self.head = nn.Linear(2 * width * 16, bits)

@@ -58,7 +58,9 @@ class SSBA(Attack):
 
     name = "ssba"
     title = "SSBA"
-    citation = "Li et al., Invisible Backdoor Attack with Sample-Specific Triggers, ICCV 2021 (https://arxiv.org/abs/2012.03816)"
+    citation = (
+        "Li et al., Invisible Backdoor Attack with Sample-Specific Triggers, ICCV 2021 (https://arxiv.org/abs/2012.03816)"
+    )
     config_class = SSBAConfig
     invisible = True
 
@@ -98,7 +100,9 @@ class SSBA(Attack):
             bits = torch.randint(0, 2, (cfg.batch_size, cfg.bits), generator=g).float().to(device)
             encoded = encoder(x, bits)
             logits = decoder(encoded)
-            loss = F.binary_cross_entropy_with_logits(logits, bits) + tighten * cfg.image_weight * F.mse_loss(encoded, x)
+            loss = F.binary_cross_entropy_with_logits(logits, bits) + tighten * cfg.image_weight * F.mse_loss(
+                encoded, x
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
