@@ -153,6 +153,8 @@ def test_bad_images_and_configs_fail_clearly(prepared, context):
         attack.apply(torch.zeros(1, c, h + 1, w + 1))
     with pytest.raises(RuntimeError, match="call prepare"):
         ATTACKS["badnets"]().apply(torch.zeros(1, c, h, w))
+    with pytest.raises(ValueError, match=r"unknown blended setting\(s\) alfa; allowed: target, ratio, alpha, image"):
+        ATTACKS["blended"](alfa=0.3)
     with pytest.raises(ValueError, match=r"ratio must be in \(0, 1\), got 0"):
         ATTACKS["blended"](ratio=0)
     with pytest.raises(ValueError, match="target 99 is not a class"):

@@ -74,6 +74,8 @@ def _train_cached(
         attachments=attachments,
         info=lambda: {"device": str(session.device), "threads": session.threads, **timing},
     )
+    if session.profile.train.channels_last and session.device.type in ("cpu", "cuda"):
+        model = model.to(memory_format=torch.channels_last)  # as trained; about 1.2x faster on the CPU
     return model.to(session.device), extras, info
 
 
@@ -138,6 +140,7 @@ def backdoored_model(
 
     fields = model_fields(session, "backdoor", attack=name, attack_config=attack.config)
     model, extras, info = _train_cached(session, fields, train_one, attachments={"attack": attack})
+    attack.device = session.device  # also after a cache hit, where prepare() did not run
     return Backdoored(model, History.from_dict(extras["history"]), info, attack=attack, poisoned=extras["poisoned"])
 
 
@@ -149,12 +152,18 @@ def test_accuracy(session: Session, model: nn.Module) -> tuple[float, torch.Tens
 
 
 def evaluate(session: Session, model: nn.Module, attack: Attack) -> dict[str, float]:
-    """ACC on the clean test set; ASR and RA on the attack's backdoor test set (non-target images)."""
-    acc, _ = test_accuracy(session, model)
-    x_bd, y_true = attack.backdoor_test(session.splits.test)
-    pred = metrics.predict(model, x_bd, session.profile.eval_batch_size, session.device)
+    """ACC on the clean test set; ASR and RA on the attack's backdoor test set (non-target images).
+
+    Also the clean accuracy on the target class alone, which clean-label attacks (SIG) lower.
+    """
+    acc, pred = test_accuracy(session, model)
+    test, target = session.splits.test, attack.config.target
+    x_bd, y_true = attack.backdoor_test(test)
+    pred_bd = metrics.predict(model, x_bd, session.profile.eval_batch_size, session.device)
+    on_target = test.y == target
     return {
         "acc": acc,
-        "asr": metrics.attack_success_rate(pred, attack.config.target),
-        "ra": metrics.robust_accuracy(pred, y_true),
+        "asr": metrics.attack_success_rate(pred_bd, target),
+        "ra": metrics.robust_accuracy(pred_bd, y_true),
+        "target_class_acc": metrics.accuracy(pred[on_target], test.y[on_target]),
     }

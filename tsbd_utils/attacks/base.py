@@ -108,14 +108,20 @@ class Attack:
         config = config if config is not None else self.config_class()
         if not isinstance(config, self.config_class):
             raise TypeError(f"{self.name} takes a {self.config_class.__name__}, got {type(config).__name__}")
+        allowed = [f.name for f in dataclasses.fields(config)]
+        unknown = sorted(set(overrides) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown {self.name} setting(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
         self.config = dataclasses.replace(config, **overrides) if overrides else config
         self.shape: tuple[int, int, int] | None = None
         self.state: dict[str, torch.Tensor] = {}
+        self.device = torch.device("cpu")  # where poisoning runs (set by prepare; generators are faster on a GPU)
 
     # ------------------------------------------------------------ life cycle
     def prepare(self, context: AttackContext) -> Attack:
         """Build the attack's state for ``context``'s images; returns self."""
         self.shape = (context.spec.channels, context.spec.size, context.spec.size)
+        self.device = context.device
         if not 0 <= self.config.target < context.spec.num_classes:
             raise ValueError(
                 f"target {self.config.target} is not a class of {context.spec.name} (0..{context.spec.num_classes - 1})"
@@ -157,10 +163,11 @@ class Attack:
         raise NotImplementedError
 
     def apply_uint8(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-        """``apply`` on uint8 images in batches, back to uint8 (how poisoned sets are stored)."""
+        """``apply`` on uint8 images in batches on ``self.device``, back to uint8 (how poisoned sets are stored)."""
         out = torch.empty_like(x)
         for start in range(0, len(x), batch_size):
-            out[start : start + batch_size] = to_uint8(self.apply(x[start : start + batch_size].float() / 255))
+            batch = x[start : start + batch_size].to(self.device).float() / 255
+            out[start : start + batch_size] = to_uint8(self.apply(batch)).to(out.device)
         return out
 
     # ------------------------------------------------------------ poisoning
