@@ -58,7 +58,10 @@ class SSBA(Attack):
 
     name = "ssba"
     title = "SSBA"
-    citation = "Li et al., Invisible Backdoor Attack with Sample-Specific Triggers, ICCV 2021 (https://arxiv.org/abs/2012.03816)"
+    citation = (
+        "Li et al., Invisible Backdoor Attack with Sample-Specific Triggers, ICCV 2021 "
+        "(https://arxiv.org/abs/2012.03816)"
+    )
     config_class = SSBAConfig
     invisible = True
 
