@@ -117,6 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not selected:
         print(f"error: no notebooks matching {NOTEBOOK_GLOB} in {folder}", file=sys.stderr)
         return 2
+    # Kernels inherit the environment: no progress bars inside the executed notebooks (they would only
+    # store "0%" lines there); this runner prints its own progress and time table.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     run_dir = default_run_dir(args.profile, args.run_dir).resolve()
     parameters = {
         "PROFILE": args.profile,
