@@ -159,3 +159,14 @@ def test_bad_images_and_configs_fail_clearly(prepared, context):
         ATTACKS["blended"](ratio=0)
     with pytest.raises(ValueError, match="target 99 is not a class"):
         ATTACKS["sig"](target=99).prepare(context)
+
+
+def test_training_recipes_follow_backdoorbench_where_the_profile_asks():
+    paper, quick = config.PROFILES["paper"], config.PROFILES["quick"]
+    for name, cls in ATTACKS.items():
+        assert cls().train_config(paper).schedule == ("constant" if name in ("wanet", "inputaware") else "cosine"), name
+        assert cls().train_config(paper).epochs == 100
+        if name == "inputaware":  # the jointly trained generator needs more epochs in a shortened run
+            assert cls().train_config(quick) == dataclasses.replace(quick.train, epochs=8)
+        else:
+            assert cls().train_config(quick) == quick.train

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Attack, AttackConfig, AttackContext
+from .base import Attack, AttackConfig, AttackContext, corner_mask
 
 
 @dataclass(frozen=True)
@@ -34,11 +34,7 @@ class BadNets(Attack):
     config_class = BadNetsConfig
 
     def _prepare(self, context: AttackContext) -> None:
-        _, h, w = self.shape
-        side = max(1, round(self.config.size * h / 32))
-        mask = torch.zeros(1, 1, h, w)
-        mask[..., h - side :, w - side :] = 1.0
-        self.state = {"mask": mask}
+        self.state = {"mask": corner_mask(self.shape, self.config.size)}
 
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
         mask = self.state["mask"].to(x.device, x.dtype)

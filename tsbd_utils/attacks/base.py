@@ -78,6 +78,21 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(0, 1).mul(255).round_().to(torch.uint8)
 
 
+def corner_mask(shape: tuple[int, int, int], side_at_32: int) -> torch.Tensor:
+    """A (1, 1, H, W) mask of a square in the bottom-right corner, its side scaled from a 32-pixel image."""
+    _, h, w = shape
+    side = max(1, round(side_at_32 * h / 32))
+    mask = torch.zeros(1, 1, h, w)
+    mask[..., h - side :, w - side :] = 1.0
+    return mask
+
+
+def split_batch(size: int, ratio: float, cross_ratio: float) -> tuple[int, int]:
+    """On-the-fly poisoning of a batch: how many images get the trigger, and how many the "cross" treatment."""
+    n_bd = int(size * ratio)
+    return n_bd, min(int(n_bd * cross_ratio), size - n_bd)
+
+
 def check_images(x: torch.Tensor, shape: tuple[int, int, int] | None = None) -> None:
     """Fail at once, naming the problem, unless ``x`` is float (N, C, H, W) in [0, 1] of ``shape``."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim != 4:
@@ -103,6 +118,7 @@ class Attack:
     clean_label: ClassVar[bool] = False  # poisons only target-class images and keeps their labels
     on_the_fly: ClassVar[bool] = False  # poisons batches during training instead of the data set
     invisible: ClassVar[bool] = False  # the trigger is meant to be imperceptible (PSNR is checked)
+    constant_lr: ClassVar[bool] = False  # BackdoorBench trains this attack's model with a constant learning rate
 
     def __init__(self, config: AttackConfig | None = None, **overrides: Any) -> None:
         config = config if config is not None else self.config_class()
@@ -205,9 +221,12 @@ class Attack:
     def train_config(self, profile: Profile) -> TrainConfig:
         """The recipe the backdoored model is trained with: the profile's, unless the attack overrides it.
 
-        BackdoorBench changes the recipe for some attacks (WaNet: constant lr); those overrides
-        apply where the profile asks for them (``attack_overrides``: the paper profile).
+        BackdoorBench changes the recipe for some attacks (WaNet, Input-aware: lr milestones past the
+        last epoch, so a constant lr); those overrides apply where the profile asks for them
+        (``attack_overrides``: the paper profile).
         """
+        if self.constant_lr and profile.attack_overrides:
+            return dataclasses.replace(profile.train, schedule="constant")
         return profile.train
 
     def batch_transform(self) -> BatchTransform | None:

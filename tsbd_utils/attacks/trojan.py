@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .base import Attack, AttackConfig, AttackContext
+from .base import Attack, AttackConfig, AttackContext, corner_mask
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,7 @@ class Trojan(Attack):
     config_class = TrojanConfig
 
     def _prepare(self, context: AttackContext) -> None:
-        _, h, w = self.shape
-        side = max(1, round(self.config.mask_size * h / 32))
-        mask = torch.zeros(1, 1, h, w)
-        mask[..., h - side :, w - side :] = 1.0
+        mask = corner_mask(self.shape, self.config.mask_size)
         iterations = max(1, round(self.config.iterations * context.profile.epoch_scale))
         fields = {"resource": "trojan-trigger", "config": self.config, "iterations": iterations}
         fitted = context.cached("resource", fields, lambda: self._fit(context, mask, iterations))

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ..config import Profile, TrainConfig
 from ..rng import generator
 from ..training import BatchTransform
-from .base import Attack, AttackConfig, AttackContext
+from .base import Attack, AttackConfig, AttackContext, split_batch
 
 
 @dataclass(frozen=True)
@@ -39,6 +37,7 @@ class WaNet(Attack):
     config_class = WaNetConfig
     on_the_fly = True
     invisible = True
+    constant_lr = True  # BackdoorBench's WaNet sets lr milestones past the last epoch
 
     def _prepare(self, context: AttackContext) -> None:
         _, h, _ = self.shape
@@ -64,10 +63,6 @@ class WaNet(Attack):
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
         return self.warp(x)
 
-    def train_config(self, profile: Profile) -> TrainConfig:
-        # BackdoorBench's WaNet sets lr milestones past the last epoch: a constant learning rate.
-        return dataclasses.replace(profile.train, schedule="constant") if profile.attack_overrides else profile.train
-
     def batch_transform(self) -> BatchTransform:
         self._require_prepared()
         return WaNetPoisoning(self)
@@ -81,8 +76,7 @@ class WaNetPoisoning(BatchTransform):
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator):
         cfg = self.attack.config
-        n_bd = int(len(x) * cfg.ratio)
-        n_cross = min(int(n_bd * cfg.cross_ratio), len(x) - n_bd)
+        n_bd, n_cross = split_batch(len(x), cfg.ratio, cfg.cross_ratio)
         poisoned = self.attack.warp(x[:n_bd])
         crossed = self.attack.warp(x[n_bd : n_bd + n_cross], jitter=generator)
         x = torch.cat([poisoned, crossed, x[n_bd + n_cross :]])
