@@ -111,7 +111,6 @@ def attack_context(session: Session, progress: bool = True) -> AttackContext:
         cache=session.cache,
         key=model_fields(session, "resource"),
         clean_model=lambda: clean_model(session, progress).model,
-        progress=progress,
     )
 
 

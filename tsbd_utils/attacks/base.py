@@ -59,7 +59,6 @@ class AttackContext:
     cache: Cache | None = None  # where resources are kept; None recomputes them
     key: dict[str, Any] = field(default_factory=dict)  # fields naming the data and clean model, for cache keys
     clean_model: Callable[[], nn.Module] | None = None  # a trained clean model (Trojan, LF)
-    progress: bool = False
 
     def get_clean_model(self) -> nn.Module:
         if self.clean_model is None:
