@@ -70,6 +70,7 @@ class Profile:
     clean_ratio: float = 0.05  # defender's clean share of the training images (TSBD, BackdoorBench)
     epoch_scale: float = 1.0  # factor on the epoch counts of defenses and fine-tuning
     unlearn_cap: int = 1000  # most epochs of clean unlearning (the official code allows 1000)
+    epoch_cap: int | None = None  # most epochs of any defense's fine-tuning loop (smoke only); None: no cap
     eval_batch_size: int = 256  # images per forward pass when evaluating (256 is fastest on 2 CPU cores; 1024 on a GPU)
     attack_overrides: bool = False  # apply BackdoorBench's per-attack recipe changes (WaNet's constant lr, ...)
     meaningful: bool = True  # False for smoke: its numbers only prove the code runs
@@ -87,6 +88,10 @@ class Profile:
         _require(isinstance(self.width, int) and self.width > 0, f"width must be an int > 0, got {self.width!r}")
         _require(0 < self.clean_ratio < 1, f"clean_ratio must be in (0, 1), got {self.clean_ratio!r}")
         _require(self.epoch_scale > 0, f"epoch_scale must be > 0, got {self.epoch_scale!r}")
+        _require(
+            self.epoch_cap is None or (isinstance(self.epoch_cap, int) and self.epoch_cap > 0),
+            f"epoch_cap must be None or an int > 0, got {self.epoch_cap!r}",
+        )
         _require(
             isinstance(self.unlearn_cap, int) and self.unlearn_cap > 0,
             f"unlearn_cap must be an int > 0, got {self.unlearn_cap!r}",
@@ -116,6 +121,7 @@ PROFILES.register(
         train=TrainConfig(epochs=1, lr=0.05, nesterov=True, schedule="onecycle"),
         epoch_scale=0.02,  # 100 epochs -> 2: every code path, no meaning
         unlearn_cap=3,
+        epoch_cap=2,
         meaningful=False,
         description="tests: every code path in seconds; the numbers mean nothing",
     ),

@@ -48,6 +48,25 @@ class BatchTransform:
         return None
 
 
+class Step:
+    """How one batch updates the model; the loop's default is a cross-entropy SGD step.
+
+    Unlearning (gradient ascent) and TSBD's activeness-aware fine-tuning pass their own step to
+    :func:`train`, so every loop in the suite shares one batching, augmentation and bookkeeping path.
+    ``__call__`` computes the loss, steps ``optimizer`` and returns the (detached) loss and logits.
+    """
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach(), logits.detach()
+
+
 @dataclass
 class History:
     """A training run: per-epoch metrics, and per-epoch wall time kept apart.
@@ -59,6 +78,7 @@ class History:
 
     epochs: list[dict[str, float]] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    stopped: bool = False  # the stopping rule fired (the run may have ended before its last epoch)
 
     @property
     def total_seconds(self) -> float:
@@ -102,6 +122,8 @@ def train(
     device: str | torch.device = "cpu",
     batch_transform: BatchTransform | None = None,
     eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+    step: Step | None = None,
+    stop: Callable[[dict[str, float]], bool] | None = None,
     progress: bool = True,
     desc: str = "train",
 ) -> History:
@@ -115,6 +137,10 @@ def train(
         seed: seeds batch order and augmentation (model initialisation is seeded where it is built).
         batch_transform: on-the-fly poisoning, see :class:`BatchTransform`.
         eval_fn: called after each epoch on the model in eval mode; its numbers join the epoch's record.
+        step: how a batch updates the model (default: a cross-entropy step); a custom step computes
+            its own loss, so a batch transform's ``extra_loss`` is not used with it.
+        stop: called with each epoch's record (after ``eval_fn``); True ends training there, and
+            ``History.stopped`` says so. ``config.epochs`` is then a cap.
         progress: show tqdm bars (``TQDM_DISABLE=1`` also silences them).
 
     Example:
@@ -144,7 +170,7 @@ def train(
     steps_per_epoch = max(1, n // config.batch_size if n % config.batch_size == 1 else math.ceil(n / config.batch_size))
     total_steps = steps_per_epoch * config.epochs
     history = History()
-    step = 0
+    steps_done = 0
     for epoch in tqdm(range(config.epochs), desc=desc, disable=not progress):
         model.train()
         order = torch.randperm(n, generator=order_gen).to(device)
@@ -153,8 +179,8 @@ def train(
         seen = 0
         start = time.perf_counter()
         for b in tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False, disable=not progress):
-            stop = n if b == steps_per_epoch - 1 else (b + 1) * config.batch_size
-            index = order[b * config.batch_size : stop]
+            end = n if b == steps_per_epoch - 1 else (b + 1) * config.batch_size
+            index = order[b * config.batch_size : end]
             x = x_all[index].float().div_(255)
             y = y_all[index]
             if config.augment:
@@ -163,24 +189,28 @@ def train(
                 x, y = batch_transform(x, y, aug_gen)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            lr = config.lr * schedule(step, total_steps, steps_per_epoch)
+            lr = config.lr * schedule(steps_done, total_steps, steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with autocast(device, config.amp):
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y)
-            extra = batch_transform.extra_loss() if batch_transform is not None else None
-            total = loss if extra is None else loss + extra
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
+            if step is not None:
+                with autocast(device, config.amp):
+                    loss, logits = step(model, x, y, optimizer)
+            else:
+                with autocast(device, config.amp):
+                    logits = model(x)
+                    loss = F.cross_entropy(logits.float(), y)
+                extra = batch_transform.extra_loss() if batch_transform is not None else None
+                total = loss if extra is None else loss + extra
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                optimizer.step()
             if batch_transform is not None:
                 batch_transform.after_step()
             # Accumulate on the device; one synchronisation per epoch instead of one per step.
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
-            step += 1
+            steps_done += 1
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         history.seconds.append(time.perf_counter() - start)
@@ -195,5 +225,8 @@ def train(
             model.eval()
             record.update(eval_fn(model))
         history.epochs.append(record)
+        if stop is not None and stop(record):
+            history.stopped = True
+            break
     model.eval()
     return history

@@ -1,0 +1,292 @@
+"""TSBD: two-stage backdoor defense (Lin et al., NeurIPS 2024, https://arxiv.org/abs/2405.20291).
+
+Stage 1, NWC-based zero reinitialization: unlearn the backdoored model on clean data (gradient
+ascent until clean accuracy <= 10%), rank every neuron of every non-shortcut conv layer by its
+weight change (NWC), take the top ``n`` share, and in the *original* model zero the top ``m``
+share of those neurons' individual weight changes (official code: ``zero_reinit_weight``).
+
+Stage 2, activeness-aware fine-tuning: fine-tune on the same clean images with
+``g = (1 - alpha) * grad L(theta) + alpha * grad L(theta + r * g1 / ||g1||)`` (norm per parameter
+tensor), the first-order estimate of a gradient-norm penalty (Zhao et al., ICML 2022): it keeps
+the neurons from becoming "active" again, which would let the backdoor grow back.
+
+The defender holds the backdoored model and 5% clean training data; no poisoned data.
+
+Choice of n. The official code sweeps n in {0.01, ..., 0.9} and never picks one. The suite fixes
+one n per profile (:data:`NEURON_RATIO`), the same for every attack, chosen with clean data only
+(see :func:`clean_criterion` and notebook 04); notebook 08 shows the whole sweep.
+
+Example:
+    >>> result = DEFENSES["tsbd"](model, splits.clean, TSBDConfig.for_profile(profile),
+    ...                           spec=splits.spec, seed=0, device="cpu")
+    >>> result.record["stage1"]["zeroed_weights"]
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import Profile, TrainConfig
+from ..data import DatasetSpec, ImageData
+from ..observations import UnlearnConfig, Unlearned, clean_unlearn, nwc_layers, weight_changes
+from ..training import History, Step, train
+from .base import DEFENSES, DefenseResult
+
+# One neuron ratio n per profile, the same for every attack (how they were chosen: notebook 04).
+NEURON_RATIO: dict[str, float] = {"smoke": 0.2, "quick": 0.2, "paper": 0.2}
+
+
+@dataclass(frozen=True)
+class TSBDConfig:
+    """TSBD's settings; defaults are the official config (``config/defense/tsbd/config.yaml``)."""
+
+    neuron_ratio: float = 0.2  # n: share of all neurons, ranked by NWC, whose weights may be zeroed
+    weight_ratio: float = 0.7  # m: share of those neurons' individual weight changes that is zeroed
+    unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)  # stage 1's clean unlearning
+    radius: float = 0.05  # r: size of the perturbation along the per-tensor normalised gradient
+    alpha: float = 0.7  # weight of the perturbed gradient; 0 gives vanilla fine-tuning
+    lr: float = 0.01  # stage 2 SGD learning rate; no weight decay, no scheduler
+    momentum: float = 0.9  # stage 2 SGD momentum
+    epochs: int = 21  # stage 2 passes over the clean images (official: range(20 + 1))
+    batch_size: int = 256  # both stages
+
+    def __post_init__(self) -> None:
+        checks = {
+            "neuron_ratio": 0 <= self.neuron_ratio <= 1,
+            "weight_ratio": 0 <= self.weight_ratio <= 1,
+            "radius": self.radius >= 0,
+            "alpha": 0 <= self.alpha <= 1,
+            "lr": self.lr >= 0,
+            "momentum": 0 <= self.momentum < 1,
+            "epochs": isinstance(self.epochs, int) and self.epochs >= 0,
+            "batch_size": isinstance(self.batch_size, int) and self.batch_size > 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(
+                f"invalid TSBD setting(s) {', '.join(f'{b}={getattr(self, b)!r}' for b in bad)}; allowed: "
+                "neuron_ratio, weight_ratio, alpha in [0, 1]; radius, lr >= 0; momentum in [0, 1); "
+                "epochs >= 0; batch_size > 0"
+            )
+
+    @classmethod
+    def for_profile(cls, profile: Profile, **overrides: Any) -> TSBDConfig:
+        """The profile's TSBD: its n, its unlearning cap, and its epoch cap (smoke only)."""
+        base = cls(
+            neuron_ratio=NEURON_RATIO.get(profile.name, cls.neuron_ratio),
+            unlearn=dataclasses.replace(UnlearnConfig(), max_epochs=profile.unlearn_cap),
+            epochs=min(cls.epochs, profile.epoch_cap) if profile.epoch_cap else cls.epochs,
+        )
+        return dataclasses.replace(base, **overrides)
+
+    def finetune_config(self) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=0.0,
+            schedule="constant",
+            augment=True,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1
+
+
+def zero_reinit(
+    model: nn.Module,
+    unlearned: nn.Module,
+    neuron_ratio: float,
+    weight_ratio: float = 0.7,
+    layers: list[str] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A copy of ``model`` with the top weight changes of the top-NWC neurons set to zero.
+
+    1. NWC per neuron (output channel) of each layer from ``model`` to ``unlearned``; all layers
+       ranked together; the top ``int(neuron_ratio * neurons)`` kept.
+    2. Their individual changes |dw| pooled; the threshold is the smallest of the top
+       ``int(weight_ratio * len)``; every weight of those neurons with |dw| >= threshold is zeroed.
+
+    Returns the copy and a record: neurons and zeroed weights per layer, the threshold.
+    """
+    if not (0 <= neuron_ratio <= 1 and 0 <= weight_ratio <= 1):
+        raise ValueError(f"neuron_ratio {neuron_ratio!r} and weight_ratio {weight_ratio!r} must be in [0, 1]")
+    layers = layers if layers is not None else nwc_layers(model)
+    changes = weight_changes(model, unlearned, layers)
+    nwc = torch.cat([changes[name].sum(1) for name in layers])
+    owner = [(name, k) for name in layers for k in range(changes[name].shape[0])]
+    n_top = int(neuron_ratio * len(nwc))
+    top = nwc.argsort(descending=True, stable=True)[:n_top].tolist()
+    chosen: dict[str, list[int]] = {name: [] for name in layers}
+    for index in top:
+        name, k = owner[index]
+        chosen[name].append(k)
+    pooled = torch.cat([changes[name][chosen[name]].flatten() for name in layers]) if n_top else torch.empty(0)
+    n_weights = int(weight_ratio * len(pooled))
+    reinit = copy.deepcopy(model)
+    modules = dict(reinit.named_modules())
+    record: dict[str, Any] = {"neurons": n_top, "total_neurons": len(nwc), "threshold": None, "layers": {}}
+    if n_weights == 0:
+        record["zeroed_weights"] = 0
+        return reinit, record
+    threshold = pooled.topk(n_weights).values.min()
+    zeroed = 0
+    with torch.no_grad():
+        for name in layers:
+            rows = chosen[name]
+            if not rows:
+                continue
+            weight = modules[name].weight
+            mask = torch.zeros_like(changes[name], dtype=torch.bool)
+            mask[rows] = changes[name][rows] >= threshold
+            weight.masked_fill_(mask.view_as(weight).to(weight.device), 0.0)
+            record["layers"][name] = {"neurons": len(rows), "zeroed_weights": int(mask.sum())}
+            zeroed += int(mask.sum())
+    record.update(threshold=float(threshold), zeroed_weights=zeroed)
+    return reinit, record
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2
+
+
+def _batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+class ActivenessAwareStep(Step):
+    """One activeness-aware step, in place: g = (1 - alpha) g1 + alpha * grad L(theta + r g1/||g1||).
+
+    Per batch: forward/backward at theta (g1; BN running statistics update here, once); add
+    e = r * g1 / ||g1|| to each parameter tensor; forward/backward again with BN running statistics
+    frozen (``track_running_stats`` off: batch statistics, no update); restore the saved weights
+    exactly; combine the gradients; one optimizer step. Two passes, no model copy, no extra
+    forward. With ``alpha == 0`` the second pass is skipped: a plain SGD step.
+    """
+
+    def __init__(self, radius: float, alpha: float, eps: float = 1e-12) -> None:
+        if radius < 0 or not 0 <= alpha <= 1:
+            raise ValueError(f"radius must be >= 0 and alpha in [0, 1], got radius={radius!r}, alpha={alpha!r}")
+        self.radius, self.alpha, self.eps = radius, alpha, eps
+        self._backup: list[torch.Tensor] | None = None  # one buffer per parameter, reused every step
+
+    def __call__(self, model, x, y, optimizer):
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.alpha > 0:
+            self._perturbed_gradient(model, x, y)
+        optimizer.step()
+        return loss.detach(), logits.detach()
+
+    def _perturbed_gradient(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+        params = [p for p in model.parameters() if p.grad is not None]
+        g1 = [p.grad for p in params]
+        if self._backup is None or len(self._backup) != len(params):
+            self._backup = [torch.empty_like(p) for p in params]
+        with torch.no_grad():
+            torch._foreach_copy_(self._backup, params)
+            scale = [self.radius / (n.item() + self.eps) for n in torch._foreach_norm(g1)]
+            torch._foreach_add_(params, torch._foreach_mul(g1, scale))
+        for p in params:
+            p.grad = None
+        norms = _batch_norms(model)
+        try:
+            for bn in norms:
+                bn.track_running_stats = False  # train mode: batch statistics, running ones untouched
+            F.cross_entropy(model(x).float(), y).backward()
+        finally:
+            for bn in norms:
+                bn.track_running_stats = True
+            with torch.no_grad():
+                torch._foreach_copy_(params, self._backup)
+        g2 = [p.grad for p in params]
+        torch._foreach_mul_(g2, self.alpha)
+        torch._foreach_add_(g2, g1, alpha=1 - self.alpha)
+
+
+def activeness_aware_finetune(
+    model: nn.Module,
+    clean: ImageData,
+    config: TSBDConfig = TSBDConfig(),
+    *,
+    spec: DatasetSpec,
+    seed: int,
+    device: str | torch.device = "cpu",
+    eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+    progress: bool = False,
+) -> History:
+    """Stage 2 in place on ``model``: ``config.epochs`` epochs of :class:`ActivenessAwareStep`.
+
+    ``config.alpha = 0`` is the vanilla fine-tuning of the paper's Table 4 (same loop, plain steps).
+    ``eval_fn`` (for curves) is called after each epoch.
+    """
+    return train(
+        model,
+        clean,
+        config.finetune_config(),
+        spec=spec,
+        seed=seed,
+        device=device,
+        step=ActivenessAwareStep(config.radius, config.alpha),
+        eval_fn=eval_fn,
+        progress=progress,
+        desc="activeness-aware fine-tuning" if config.alpha > 0 else "vanilla fine-tuning",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Both stages
+
+
+@DEFENSES.register("tsbd")
+def defend(
+    model: nn.Module,
+    clean: ImageData,
+    config: TSBDConfig | None = None,
+    *,
+    spec: DatasetSpec,
+    seed: int,
+    device: str | torch.device = "cpu",
+    unlearned: Unlearned | None = None,
+    eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+    progress: bool = False,
+) -> DefenseResult:
+    """TSBD on ``model`` with the defender's ``clean`` images; ``model`` is left as it was.
+
+    ``unlearned`` reuses a clean-unlearning run of the same model (notebooks cache it); otherwise
+    stage 1 runs it here.
+    """
+    config = config or TSBDConfig()
+    if unlearned is None:
+        unlearned = clean_unlearn(
+            model,
+            clean,
+            spec=spec,
+            seed=seed,
+            device=device,
+            config=dataclasses.replace(config.unlearn, batch_size=config.batch_size),
+        )
+    repaired, stage1 = zero_reinit(model, unlearned.model, config.neuron_ratio, config.weight_ratio)
+    history = activeness_aware_finetune(
+        repaired, clean, config, spec=spec, seed=seed, device=device, eval_fn=eval_fn, progress=progress
+    )
+    record = {
+        "unlearn_epochs": unlearned.epochs,
+        "unlearn_reached": unlearned.reached,
+        "stage1": stage1,
+        "stage2": history.to_dict(),
+        "config": dataclasses.asdict(config),
+    }
+    return DefenseResult(repaired.eval(), record)

@@ -1,0 +1,317 @@
+"""The measurements behind TSBD's two observations: unlearning, neuron weight change, activeness.
+
+Observation 1 (Lin et al., NeurIPS 2024, Fig. 1a): unlearn a backdoored model twice, once on
+clean data (gradient *ascent* until clean accuracy falls to chance) and once on poisoned data
+with the target label (until the ASR falls under 5%). Per neuron, the two weight changes are
+positively correlated, so clean unlearning alone, which a defender can run, points at the
+neurons that carry the backdoor.
+
+Observation 2 (Fig. 1b): during one epoch of clean unlearning, the neurons of a backdoored model
+have larger gradient norms ("activeness") than those of a clean model.
+
+A *neuron* is one output channel of a conv layer; NWC (neuron weight change) is the L1 norm of
+that channel's weight change, over every conv layer except the 1x1 shortcut projections, as in
+the official code (``linweiii/TSBD``, ``defense/tsbd.py``).
+
+Example:
+    >>> un = clean_unlearn(model, splits.clean, spec=splits.spec, seed=0, max_epochs=200)
+    >>> nwc = neuron_weight_change(model, un.model)          # {layer name: (out_channels,) tensor}
+    >>> act = activeness(model, splits.clean, spec=splits.spec, seed=0)
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import metrics
+from .config import TrainConfig
+from .data import DatasetSpec, ImageData
+from .training import History, Step, train
+
+RECORD_LAYER = "layer4.1.conv2"  # the paper's recorded layer: PreActResNet18's last conv (8w neurons)
+
+
+@dataclass(frozen=True)
+class UnlearnConfig:
+    """Gradient-ascent unlearning, as in the official ``train_unlearning`` (defaults: its config)."""
+
+    lr: float = 1e-4  # SGD learning rate (official lr_un)
+    momentum: float = 0.9  # SGD momentum; no weight decay, no scheduler
+    batch_size: int = 256  # official batch size
+    augment: bool = True  # clean unlearning sees the training augmentation (the official loader does)
+    max_epochs: int = 1000  # official cap; profiles lower it (Profile.unlearn_cap)
+
+    def __post_init__(self) -> None:
+        if not (self.lr > 0 and 0 <= self.momentum < 1 and self.batch_size > 0 and self.max_epochs > 0):
+            raise ValueError(
+                f"invalid unlearning config {self}: need lr > 0, momentum in [0, 1), batch_size > 0, max_epochs > 0"
+            )
+
+    def train_config(self, epochs: int | None = None) -> TrainConfig:
+        return TrainConfig(
+            epochs=epochs if epochs is not None else self.max_epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=0.0,
+            schedule="constant",
+            augment=self.augment,
+        )
+
+
+class AscentStep(Step):
+    """One gradient-ascent step: maximise the cross-entropy (the official ``(-loss).backward()``).
+
+    ``record`` (optional) is a conv layer whose per-output-channel gradient L1 norm is appended
+    to ``norms`` after every backward pass: the activeness of Observation 2.
+    """
+
+    def __init__(self, record: nn.Conv2d | None = None) -> None:
+        self.record = record
+        self.norms: list[torch.Tensor] = []
+
+    def __call__(self, model, x, y, optimizer):
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        (-loss).backward()
+        if self.record is not None:
+            # d(-L)/dw summed in absolute value over each output channel's in x kh x kw weights.
+            self.norms.append(self.record.weight.grad.detach().abs().sum((1, 2, 3)).float().cpu())
+        optimizer.step()
+        return loss.detach(), logits.detach()
+
+
+@dataclass
+class Unlearned:
+    """An unlearned copy of a model and how it got there."""
+
+    model: nn.Module
+    history: History  # per epoch: loss, train_acc and the monitored metric
+
+    @property
+    def epochs(self) -> int:
+        return len(self.history.epochs)
+
+    @property
+    def reached(self) -> bool:
+        """Whether the stopping rule fired (False: the epoch cap ended the run first)."""
+        return self.history.stopped
+
+
+def unlearn(
+    model: nn.Module,
+    data: ImageData,
+    monitor,
+    threshold: float,
+    *,
+    metric: str,
+    spec: DatasetSpec,
+    seed: int,
+    device: str | torch.device = "cpu",
+    config: UnlearnConfig = UnlearnConfig(),
+    max_epochs: int | None = None,
+    progress: bool = False,
+    desc: str = "unlearn",
+) -> Unlearned:
+    """Gradient ascent on ``data`` until ``monitor(model) <= threshold`` (checked after each epoch).
+
+    ``model`` is left untouched; a copy is unlearned in train mode, so BN running statistics drift
+    as in the official code. Only the monitored metric is evaluated each epoch.
+    """
+    if not 0 <= threshold <= 1:
+        raise ValueError(f"threshold must be a fraction in [0, 1], got {threshold!r}")
+    epochs = min(config.max_epochs, max_epochs) if max_epochs is not None else config.max_epochs
+    copied = copy.deepcopy(model)
+    history = train(
+        copied,
+        data,
+        config.train_config(epochs),
+        spec=spec,
+        seed=seed,
+        device=device,
+        step=AscentStep(),
+        eval_fn=lambda m: {metric: monitor(m)},
+        stop=lambda record: record[metric] <= threshold,
+        progress=progress,
+        desc=desc,
+    )
+    return Unlearned(copied, history)
+
+
+def clean_unlearn(
+    model: nn.Module,
+    clean: ImageData,
+    *,
+    spec: DatasetSpec,
+    seed: int,
+    device: str | torch.device = "cpu",
+    config: UnlearnConfig = UnlearnConfig(),
+    max_epochs: int | None = None,
+    threshold: float = 0.10,
+    eval_batch_size: int = 256,
+    progress: bool = False,
+) -> Unlearned:
+    """TSBD's clean unlearning: ascent on the defender's clean images until their accuracy is <= 10%.
+
+    The accuracy is measured on the same clean images, without augmentation, in eval mode (the
+    official "clean validation accuracy"); 10% is chance level for ten classes.
+    """
+
+    def clean_acc(m: nn.Module) -> float:
+        return metrics.accuracy(metrics.predict(m, clean.x, eval_batch_size, device), clean.y)
+
+    return unlearn(
+        model,
+        clean,
+        clean_acc,
+        threshold,
+        metric="clean_acc",
+        spec=spec,
+        seed=seed,
+        device=device,
+        config=config,
+        max_epochs=max_epochs,
+        progress=progress,
+        desc="clean unlearning",
+    )
+
+
+def poison_unlearn(
+    model: nn.Module,
+    poisoned: torch.Tensor,
+    target: int,
+    *,
+    spec: DatasetSpec,
+    seed: int,
+    device: str | torch.device = "cpu",
+    config: UnlearnConfig = UnlearnConfig(augment=False),
+    max_epochs: int | None = None,
+    threshold: float = 0.05,
+    eval_batch_size: int = 256,
+    progress: bool = False,
+) -> Unlearned:
+    """Observation 1's second run: ascent on triggered images labelled ``target`` until ASR <= 5%.
+
+    ``poisoned`` are uint8 backdoor test images (target-class images already left out). This needs
+    the trigger, which no defender has: it exists only to check Observation 1. The images are the
+    test split, seen without augmentation (the official code uses its backdoor test loader).
+    """
+    if poisoned.dtype != torch.uint8:
+        raise ValueError(f"poisoned images must be uint8 (Attack.backdoor_test gives them), got {poisoned.dtype}")
+    data = ImageData(poisoned, torch.full((len(poisoned),), target, dtype=torch.int64))
+
+    def asr(m: nn.Module) -> float:
+        return metrics.attack_success_rate(metrics.predict(m, poisoned, eval_batch_size, device), target)
+
+    return unlearn(
+        model,
+        data,
+        asr,
+        threshold,
+        metric="asr",
+        spec=spec,
+        seed=seed,
+        device=device,
+        config=config,
+        max_epochs=max_epochs,
+        progress=progress,
+        desc="poison unlearning",
+    )
+
+
+def nwc_layers(model: nn.Module) -> list[str]:
+    """Names of the conv layers whose neurons NWC ranks: every ``Conv2d`` but the shortcut projections."""
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and "shortcut" not in name]
+
+
+def _conv_weights(model: nn.Module, layers: list[str]) -> dict[str, torch.Tensor]:
+    modules = dict(model.named_modules())
+    missing = [name for name in layers if not isinstance(modules.get(name), nn.Conv2d)]
+    if missing:
+        raise ValueError(f"not conv layers of this model: {missing}; allowed: {nwc_layers(model)}")
+    return {name: modules[name].weight.detach() for name in layers}
+
+
+def weight_changes(original: nn.Module, changed: nn.Module, layers: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """|w_changed - w_original| per conv layer, shaped (out_channels, in x kh x kw), on the CPU."""
+    layers = layers if layers is not None else nwc_layers(original)
+    before, after = _conv_weights(original, layers), _conv_weights(changed, layers)
+    out = {}
+    for name in layers:
+        if before[name].shape != after[name].shape:
+            raise ValueError(f"{name}: shapes differ, {tuple(before[name].shape)} vs {tuple(after[name].shape)}")
+        out[name] = (after[name].float().cpu() - before[name].float().cpu()).abs().flatten(1)
+    return out
+
+
+def neuron_weight_change(
+    original: nn.Module, changed: nn.Module, layers: list[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """NWC per neuron: the L1 norm of each output channel's weight change, per conv layer."""
+    return {name: delta.sum(1) for name, delta in weight_changes(original, changed, layers).items()}
+
+
+def flatten_layers(per_layer: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[tuple[str, int]]]:
+    """All neurons' values in one vector, with (layer, channel) for each position."""
+    values = torch.cat([v.flatten() for v in per_layer.values()])
+    where = [(name, k) for name, v in per_layer.items() for k in range(v.numel())]
+    return values, where
+
+
+@dataclass
+class Activeness:
+    """Per-neuron gradient L1 norms of one layer over one epoch of clean unlearning."""
+
+    mean: torch.Tensor  # (out_channels,) average over the epoch's batches (official grad_avg)
+    var: torch.Tensor  # (out_channels,) variance over the batches (official grad_var)
+    layer: str
+
+
+def activeness(
+    model: nn.Module,
+    clean: ImageData,
+    *,
+    spec: DatasetSpec,
+    seed: int,
+    device: str | torch.device = "cpu",
+    layer: str = RECORD_LAYER,
+    config: UnlearnConfig = UnlearnConfig(),
+) -> Activeness:
+    """Observation 2: record ``layer``'s per-channel gradient norm during one epoch of clean unlearning.
+
+    Runs on a copy (``model`` is untouched), in train mode with augmentation, exactly one epoch of
+    :func:`clean_unlearn`'s ascent with no stopping rule.
+    """
+    copied = copy.deepcopy(model)
+    module = dict(copied.named_modules()).get(layer)
+    if not isinstance(module, nn.Conv2d):
+        raise ValueError(f"layer {layer!r} is not a conv layer of this model; allowed: {nwc_layers(copied)}")
+    step = AscentStep(record=module)
+    train(copied, clean, config.train_config(1), spec=spec, seed=seed, device=device, step=step, progress=False)
+    norms = torch.stack(step.norms)
+    return Activeness(norms.mean(0), norms.var(0, unbiased=False), layer)
+
+
+def correlation(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Pearson and Spearman correlation of two equal-length vectors (scipy's, ties averaged)."""
+    from scipy import stats
+
+    x, y = x.double().flatten().cpu().numpy(), y.double().flatten().cpu().numpy()
+    if x.shape != y.shape or len(x) < 2:
+        raise ValueError(f"need two vectors of equal length >= 2, got {x.shape} and {y.shape}")
+    return {"pearson": float(stats.pearsonr(x, y)[0]), "spearman": float(stats.spearmanr(x, y)[0])}
+
+
+def top_k_overlap(a: torch.Tensor, b: torch.Tensor, k: int) -> float:
+    """Share of the k largest entries of ``a`` that are also among the k largest of ``b``."""
+    if a.shape != b.shape or not 0 < k <= a.numel():
+        raise ValueError(f"need equal shapes and 0 < k <= {a.numel()}, got {tuple(a.shape)}, {tuple(b.shape)}, k={k}")
+    top_a = set(a.flatten().topk(k).indices.tolist())
+    top_b = set(b.flatten().topk(k).indices.tolist())
+    return len(top_a & top_b) / k
