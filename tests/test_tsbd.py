@@ -57,7 +57,7 @@ def test_nwc_is_the_l1_norm_of_each_output_channels_change_without_shortcuts():
     assert list(nwc) == ["a", "b"]
     assert torch.allclose(nwc["a"], torch.tensor([10.0, 1.0]))
     assert torch.allclose(nwc["b"], torch.tensor([5.0, 0.5]))
-    with pytest.raises(ValueError, match="shortcut.0"):
+    with pytest.raises(ValueError, match=r"nope.*allowed: \[.a., .b.\]"):
         observations.neuron_weight_change(original, changed, layers=["a", "nope"])
 
 
@@ -77,7 +77,7 @@ def test_zero_reinit_zeroes_exactly_the_top_changes_of_the_top_neurons_in_the_or
     assert torch.equal(original.a.weight, torch.ones(2, 1, 2, 2))  # inputs untouched
     # n = 1, m = 1: every changed weight of every neuron goes (the unchanged ones too: |dw| = 0 >= min).
     everything, _ = zero_reinit(original, changed, 1.0, 1.0)
-    assert float(everything.a.weight.abs().sum()) == 0.0
+    assert float(everything.a.weight.detach().abs().sum()) == 0.0
     nothing, record = zero_reinit(original, changed, 0.0, 0.7)
     assert torch.equal(nothing.a.weight, original.a.weight) and record["zeroed_weights"] == 0
     with pytest.raises(ValueError, match="neuron_ratio 1.5"):
@@ -153,9 +153,7 @@ def test_clean_and_poison_unlearning_stop_where_their_rules_say(tiny_images):
     x, y = tiny_images
     model = _tiny_model()
     fast = observations.UnlearnConfig(lr=0.05, batch_size=16)
-    run = observations.clean_unlearn(
-        model, data.ImageData(x, y), spec=_spec(), seed=0, config=fast, max_epochs=50
-    )
+    run = observations.clean_unlearn(model, data.ImageData(x, y), spec=_spec(), seed=0, config=fast, max_epochs=50)
     accs = [e["clean_acc"] for e in run.history.epochs]
     assert run.reached and accs[-1] <= 0.10 and all(a > 0.10 for a in accs[:-1])
     poison = observations.poison_unlearn(

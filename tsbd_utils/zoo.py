@@ -16,9 +16,27 @@ from torch import nn
 
 from . import metrics
 from .attacks import ATTACKS, Attack, AttackConfig, AttackContext
+from .config import Profile
+from .defenses import DEFENSES, TSBDConfig
 from .models import count_parameters, model_for
+from .observations import UnlearnConfig, Unlearned, clean_unlearn, poison_unlearn
 from .session import Session
 from .training import History, train
+
+UNLEARN_MODES = ("clean", "poison")
+# The quick and smoke profiles unlearn at 10x the official rate: on the quick setting clean
+# unlearning then stops after ~13 epochs instead of ~75 (5x less time), and TSBD's result is the
+# same within a point (BadNets, n 0.2 / 0.3: ASR 24.2 / 8.6 vs 24.8 / 7.1). Notebook 02 shows it.
+UNLEARN_LR = {"smoke": 1e-3, "quick": 1e-3}
+
+
+def unlearn_config(profile: Profile, mode: str = "clean") -> UnlearnConfig:
+    """The profile's unlearning: the official settings, its epoch cap, its lr (see ``UNLEARN_LR``)."""
+    return UnlearnConfig(
+        lr=UNLEARN_LR.get(profile.name, UnlearnConfig.lr),
+        max_epochs=profile.unlearn_cap,
+        augment=mode == "clean",  # poison unlearning runs on the backdoor *test* images: no augmentation
+    )
 
 
 def model_fields(session: Session, role: str, **extra: Any) -> dict[str, Any]:
@@ -166,3 +184,129 @@ def evaluate(session: Session, model: nn.Module, attack: Attack) -> dict[str, fl
         "ra": metrics.robust_accuracy(pred_bd, y_true),
         "target_class_acc": metrics.accuracy(pred[on_target], test.y[on_target]),
     }
+
+
+def unlearned_model(
+    session: Session, name: str, mode: str = "clean", config: UnlearnConfig | None = None, progress: bool = False
+) -> Unlearned:
+    """The backdoored model of attack ``name`` after clean or poison unlearning; cached.
+
+    ``mode="clean"``: TSBD's clean unlearning on the defender's clean subset (accuracy <= 10%).
+    ``mode="poison"``: Observation 1's ascent on the backdoor test images with the target label
+    (ASR <= 5%). ``config`` defaults to the profile's (:func:`unlearn_config`).
+    """
+    if mode not in UNLEARN_MODES:
+        raise ValueError(f"unknown unlearning mode {mode!r}; allowed: {', '.join(UNLEARN_MODES)}")
+    bd = backdoored_model(session, name, progress=progress)
+    config = config or unlearn_config(session.profile, mode)
+    splits, p = session.splits, session.profile
+    runs: list[Unlearned] = []
+
+    def train_one(m: nn.Module):
+        if mode == "clean":
+            run = clean_unlearn(
+                bd.model,
+                splits.clean,
+                spec=splits.spec,
+                seed=session.seed,
+                device=session.device,
+                config=config,
+                eval_batch_size=p.eval_batch_size,
+                progress=progress,
+            )
+        else:
+            x_bd, _ = bd.attack.backdoor_test(splits.test)
+            run = poison_unlearn(
+                bd.model,
+                x_bd,
+                bd.attack.config.target,
+                spec=splits.spec,
+                seed=session.seed,
+                device=session.device,
+                config=config,
+                eval_batch_size=p.eval_batch_size,
+                progress=progress,
+            )
+        m.load_state_dict(run.model.state_dict())
+        runs.append(run)
+        return run.history, {"stopped": run.history.stopped}
+
+    fields = model_fields(session, "unlearned", attack=name, attack_config=bd.attack.config, mode=mode, unlearn=config)
+    model, extras, info = _train_cached(session, fields, train_one)
+    history = History.from_dict(extras["history"])
+    history.stopped = extras["stopped"]
+    history.seconds = list(info.get("epoch_seconds", []))
+    return Unlearned(model, history)
+
+
+@dataclass
+class Defended:
+    """A defended model, the defense's record (per-epoch curves included) and its provenance."""
+
+    model: nn.Module
+    record: dict[str, Any]
+    info: dict[str, Any]  # device, compute_seconds, created
+
+
+def curve_eval(session: Session, attack: Attack, size: int):
+    """An ``eval_fn`` for per-epoch curves: ACC and ASR on seeded subsets of ``size`` images each.
+
+    Subsets keep the curves cheap (two small forward passes per epoch); final numbers always come
+    from :func:`evaluate` on the full test sets.
+    """
+    test = session.splits.test
+    x_bd, _ = attack.backdoor_test(test)
+    g = torch.Generator().manual_seed(session.seed)
+    pick_test = torch.randperm(len(test), generator=g)[:size]
+    pick_bd = torch.randperm(len(x_bd), generator=g)[:size]
+    x_test, y_test, x_bd = test.x[pick_test], test.y[pick_test], x_bd[pick_bd]
+    batch, device, target = session.profile.eval_batch_size, session.device, attack.config.target
+
+    def eval_fn(model: nn.Module) -> dict[str, float]:
+        return {
+            "acc": metrics.accuracy(metrics.predict(model, x_test, batch, device), y_test),
+            "asr": metrics.attack_success_rate(metrics.predict(model, x_bd, batch, device), target),
+        }
+
+    return eval_fn
+
+
+def tsbd_model(
+    session: Session, name: str, config: TSBDConfig | None = None, curve_size: int = 0, progress: bool = False
+) -> Defended:
+    """TSBD (or, with ``alpha=0``, stage 1 + vanilla fine-tuning) on attack ``name``'s model; cached.
+
+    Stage 1 reuses the cached clean unlearning of :func:`unlearned_model`. ``curve_size > 0``
+    records ACC / ASR on subsets of that many images after every stage-2 epoch (in the record).
+    """
+    config = config or TSBDConfig.for_profile(session.profile, unlearn=unlearn_config(session.profile))
+    bd = backdoored_model(session, name, progress=progress)
+    unlearned = unlearned_model(session, name, "clean", config.unlearn, progress=progress)
+    splits = session.splits
+    records: dict[str, Any] = {}
+
+    def fit(m: nn.Module) -> dict[str, Any]:
+        eval_fn = curve_eval(session, bd.attack, curve_size) if curve_size > 0 else None
+        result = DEFENSES["tsbd"](
+            bd.model,
+            splits.clean,
+            config,
+            spec=splits.spec,
+            seed=session.seed,
+            device=session.device,
+            unlearned=unlearned,
+            eval_fn=eval_fn,
+            progress=progress,
+        )
+        m.load_state_dict(result.model.state_dict())
+        records.update(result.record)
+        return {"record": result.record}
+
+    model = model_for(session.profile, splits.spec, session.seed)
+    fields = model_fields(
+        session, "tsbd", attack=name, attack_config=bd.attack.config, tsbd=config, curve_size=curve_size
+    )
+    model, extras, info = session.cache.get_or_train(
+        "model", fields, model, fit, info=lambda: {"device": str(session.device), "threads": session.threads}
+    )
+    return Defended(model.to(session.device), extras["record"], info)

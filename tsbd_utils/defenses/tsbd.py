@@ -216,6 +216,35 @@ class ActivenessAwareStep(Step):
         torch._foreach_add_(g2, g1, alpha=1 - self.alpha)
 
 
+class CopyingActivenessAwareStep(Step):
+    """The same update, formulated as the official code does it: a model copy per batch.
+
+    Kept as a reference for tests (the in-place step must match it) and for
+    ``benchmarks/stage2_step.py`` (the in-place step must be faster). Not used by the defense.
+    """
+
+    def __init__(self, radius: float, alpha: float, eps: float = 1e-12) -> None:
+        self.radius, self.alpha, self.eps = radius, alpha, eps
+
+    def __call__(self, model, x, y, optimizer):
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        shadow = copy.deepcopy(model)  # its BN statistics, updated by the second pass, are thrown away
+        with torch.no_grad():  # (deepcopy does not copy .grad: read g1 from the original)
+            for p, q in zip(model.parameters(), shadow.parameters()):
+                if p.grad is not None:
+                    q.add_(p.grad * (self.radius / (p.grad.norm() + self.eps)))
+        shadow.zero_grad(set_to_none=True)
+        F.cross_entropy(shadow(x).float(), y).backward()
+        for p, q in zip(model.parameters(), shadow.parameters()):
+            if p.grad is not None:
+                p.grad.mul_(1 - self.alpha).add_(q.grad, alpha=self.alpha)
+        optimizer.step()
+        return loss.detach(), logits.detach()
+
+
 def activeness_aware_finetune(
     model: nn.Module,
     clean: ImageData,
