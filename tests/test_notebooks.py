@@ -24,6 +24,8 @@ REQUIRED_PARAMETERS = {  # every notebook declares these (reproduce.py passes th
     "DATA_DIR": None,
 }
 
+ALL_ATTACKS = ["badnets", "blended", "inputaware", "lf", "sig", "ssba", "trojan", "wanet"]
+
 # What each notebook must write in the smoke profile: figure slugs, and checks on its results.
 EXPECTED: dict[str, dict] = {
     "00": {
@@ -49,6 +51,50 @@ EXPECTED: dict[str, dict] = {
             and r["attacks"]["wanet"]["poisoned"] == r["attacks"]["inputaware"]["poisoned"] == 0
             and r["attacks"]["ssba"]["psnr"] >= 26
             and r["attacks"]["badnets"]["linf"] >= 0.9
+        ),
+    },
+    "02": {
+        "figures": ["nwc_scatter_last_layer", "nwc_scatter_all_layers", "top_k_overlap"],
+        "results": lambda r: (
+            list(r["attacks"]) == ALL_ATTACKS
+            and r["layer"] == "layer4.1.conv2"
+            and all(
+                -1 <= a[w][c] <= 1
+                for a in r["attacks"].values()
+                for w in ("last_layer", "all_layers")
+                for c in ("pearson", "spearman")
+            )
+            and all(
+                1 <= a["clean_unlearn_epochs"] <= 3 and 1 <= a["poison_unlearn_epochs"] <= 3
+                for a in r["attacks"].values()
+            )
+            and all(0 <= v <= 1 for a in r["attacks"].values() for v in a["top_k_overlap"].values())
+        ),
+    },
+    "03": {
+        "figures": ["activeness_sorted", "activeness_ratio"],
+        "results": lambda r: (
+            list(r["attacks"]) == ALL_ATTACKS
+            and r["clean_mean"] > 0
+            and all(a["ratio"] > 0 and 0 <= a["ranks_above_clean"] <= 1 for a in r["attacks"].values())
+        ),
+    },
+    "04": {
+        "figures": ["nwc_per_layer", "reinit_sweep", "choosing_n"],
+        "results": lambda r: (
+            r["neuron_ratio"] == 0.3
+            and r["rule_choice"] in (0.01, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 0.9)
+            and len(r["sweep"]) == 8 * 6 * 2
+            and all(0 <= row["acc"] <= 1 and 0 <= row["asr"] <= 1 for row in r["sweep"])
+        ),
+    },
+    "05": {
+        "figures": ["finetune_curves", "tsbd_results"],
+        "results": lambda r: (
+            list(r["attacks"]) == ALL_ATTACKS
+            and r["config"]["epochs"] == 2
+            and all(len(c[k]) == 2 for c in r["curves"].values() for k in ("vanilla", "tsbd"))
+            and all(0 <= a["asr_tsbd"] <= 1 and 0 <= a["der_tsbd"] <= 1 for a in r["attacks"].values())
         ),
     },
 }

@@ -150,3 +150,61 @@ def trigger_gallery(clean: torch.Tensor, poisoned: dict[str, torch.Tensor], *, t
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def panel_grid(count: int, *, ncols: int = 4, size: float = 3.0, sharex: bool = False, sharey: bool = False):
+    """A figure with ``count`` panels on a grid of ``ncols`` columns; unused panels are hidden."""
+    if count < 1:
+        raise ValueError(f"need at least one panel, got {count}")
+    ncols = min(ncols, count)
+    nrows = -(-count // ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False, sharex=sharex, sharey=sharey
+    )
+    flat = list(axes.flat)
+    for ax in flat[count:]:
+        ax.set_visible(False)
+    return fig, flat[:count]
+
+
+def scatter_with_fit(
+    ax,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    note: str | None = None,
+    log: bool = False,
+    **scatter,
+) -> None:
+    """One point per pair, a least-squares line (in log space when ``log``), and ``note`` in a corner."""
+    import numpy as np
+
+    xs, ys = x.double().cpu().numpy(), y.double().cpu().numpy()
+    ax.scatter(xs, ys, s=scatter.pop("s", 8), alpha=scatter.pop("alpha", 0.5), linewidths=0, **scatter)
+    if log:
+        keep = (xs > 0) & (ys > 0)
+        slope, intercept = np.polyfit(np.log10(xs[keep]), np.log10(ys[keep]), 1)
+        line_x = np.geomspace(xs[keep].min(), xs[keep].max(), 50)
+        ax.plot(line_x, 10**intercept * line_x**slope, color="black", lw=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    else:
+        slope, intercept = np.polyfit(xs, ys, 1)
+        line_x = np.linspace(xs.min(), xs.max(), 50)
+        ax.plot(line_x, intercept + slope * line_x, color="black", lw=1)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    if note:
+        ax.text(
+            0.03,
+            0.97,
+            note,
+            transform=ax.transAxes,
+            va="top",
+            fontsize=8,
+            bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8},
+        )

@@ -21,7 +21,7 @@ from .defenses import DEFENSES, TSBDConfig
 from .models import count_parameters, model_for
 from .observations import UnlearnConfig, Unlearned, clean_unlearn, poison_unlearn
 from .session import Session
-from .training import History, train
+from .training import History, channels_last_safe, train
 
 UNLEARN_MODES = ("clean", "poison")
 # The quick and smoke profiles unlearn at 10x the official rate: on the quick setting clean
@@ -92,7 +92,11 @@ def _train_cached(
         attachments=attachments,
         info=lambda: {"device": str(session.device), "threads": session.threads, **timing},
     )
-    if session.profile.train.channels_last and session.device.type in ("cpu", "cuda"):
+    if (
+        session.profile.train.channels_last
+        and session.device.type in ("cpu", "cuda")
+        and channels_last_safe(model, session.device)
+    ):
         model = model.to(memory_format=torch.channels_last)  # as trained; about 1.2x faster on the CPU
     return model.to(session.device), extras, info
 

@@ -41,14 +41,14 @@ from ..training import History, Step, train
 from .base import DEFENSES, DefenseResult
 
 # One neuron ratio n per profile, the same for every attack (how they were chosen: notebook 04).
-NEURON_RATIO: dict[str, float] = {"smoke": 0.2, "quick": 0.2, "paper": 0.2}
+NEURON_RATIO: dict[str, float] = {"smoke": 0.3, "quick": 0.3, "paper": 0.3}
 
 
 @dataclass(frozen=True)
 class TSBDConfig:
     """TSBD's settings; defaults are the official config (``config/defense/tsbd/config.yaml``)."""
 
-    neuron_ratio: float = 0.2  # n: share of all neurons, ranked by NWC, whose weights may be zeroed
+    neuron_ratio: float = 0.3  # n: share of neurons (by NWC) to reinitialize; no official value: see NEURON_RATIO
     weight_ratio: float = 0.7  # m: share of those neurons' individual weight changes that is zeroed
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)  # stage 1's clean unlearning
     radius: float = 0.05  # r: size of the perturbation along the per-tensor normalised gradient
@@ -154,6 +154,28 @@ def zero_reinit(
             zeroed += int(mask.sum())
     record.update(threshold=float(threshold), zeroed_weights=zeroed)
     return reinit, record
+
+
+OFFICIAL_SWEEP = (0.01, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 0.9)  # n values the official code runs
+DISRUPTION = 2 / 3  # the rule below: stage 1 must cost at least a third of the clean accuracy
+
+
+def choose_neuron_ratio(clean_acc: dict[float, float], before: float, disruption: float = DISRUPTION) -> float:
+    """The suite's rule for n, from clean data only: the smallest n whose stage 1 is disruptive enough.
+
+    ``clean_acc`` maps candidate n (the official sweep) to the accuracy on the defender's clean
+    images right after stage 1 (averaged over the models the rule is set for); ``before`` is that
+    accuracy before stage 1. The rule returns the smallest n with ``clean_acc[n] <= disruption *
+    before``: stage 1 has to remove enough of the network that the model visibly breaks (a third
+    of its clean accuracy), and stage 2 is there to earn it back. No backdoor data, no test set.
+    Falls back to the largest candidate when none qualifies.
+    """
+    if not clean_acc:
+        raise ValueError("no candidate neuron ratios given")
+    for n in sorted(clean_acc):
+        if clean_acc[n] <= disruption * before:
+            return n
+    return max(clean_acc)
 
 
 # ---------------------------------------------------------------------------------------------
