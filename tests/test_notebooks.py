@@ -82,7 +82,7 @@ EXPECTED: dict[str, dict] = {
     "04": {
         "figures": ["nwc_per_layer", "reinit_sweep", "choosing_n"],
         "results": lambda r: (
-            r["neuron_ratio"] == 0.3
+            r["neuron_ratio"] == 0.25
             and r["rule_choice"] in (0.01, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 0.9)
             and len(r["sweep"]) == 8 * 6 * 2
             and all(0 <= row["acc"] <= 1 and 0 <= row["asr"] <= 1 for row in r["sweep"])

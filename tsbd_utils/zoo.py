@@ -276,16 +276,26 @@ def curve_eval(session: Session, attack: Attack, size: int):
 
 
 def tsbd_model(
-    session: Session, name: str, config: TSBDConfig | None = None, curve_size: int = 0, progress: bool = False
+    session: Session,
+    name: str,
+    config: TSBDConfig | None = None,
+    curve_size: int = 0,
+    ranking: str = "clean",
+    progress: bool = False,
 ) -> Defended:
     """TSBD (or, with ``alpha=0``, stage 1 + vanilla fine-tuning) on attack ``name``'s model; cached.
 
-    Stage 1 reuses the cached clean unlearning of :func:`unlearned_model`. ``curve_size > 0``
-    records ACC / ASR on subsets of that many images after every stage-2 epoch (in the record).
+    Stage 1 reuses the cached unlearning of :func:`unlearned_model`: ``ranking="clean"`` is TSBD;
+    ``ranking="poison"`` ranks neurons by *poison* unlearning instead, an oracle no defender has
+    (it needs the trigger), used only to ask whether a failure comes from the ranking. ``curve_size
+    > 0`` records ACC / ASR on subsets of that many images after every stage-2 epoch (in the record).
     """
+    if ranking not in UNLEARN_MODES:
+        raise ValueError(f"unknown ranking {ranking!r}; allowed: {', '.join(UNLEARN_MODES)}")
     config = config or TSBDConfig.for_profile(session.profile, unlearn=unlearn_config(session.profile))
     bd = backdoored_model(session, name, progress=progress)
-    unlearned = unlearned_model(session, name, "clean", config.unlearn, progress=progress)
+    unlearn = config.unlearn if ranking == "clean" else unlearn_config(session.profile, "poison")
+    unlearned = unlearned_model(session, name, ranking, unlearn, progress=progress)
     splits = session.splits
     records: dict[str, Any] = {}
 
@@ -308,7 +318,13 @@ def tsbd_model(
 
     model = model_for(session.profile, splits.spec, session.seed)
     fields = model_fields(
-        session, "tsbd", attack=name, attack_config=bd.attack.config, tsbd=config, curve_size=curve_size
+        session,
+        "tsbd",
+        attack=name,
+        attack_config=bd.attack.config,
+        tsbd=config,
+        curve_size=curve_size,
+        **({"ranking": ranking} if ranking != "clean" else {}),  # TSBD's own entries keep their keys
     )
     model, extras, info = session.cache.get_or_train(
         "model", fields, model, fit, info=lambda: {"device": str(session.device), "threads": session.threads}
