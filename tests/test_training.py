@@ -128,3 +128,22 @@ def test_eval_fn_results_join_the_history(tiny_images):
         progress=False,
     )
     assert history.epochs[0]["in_eval_mode"] == 1.0
+
+
+def test_narrow_models_train_in_the_default_layout_on_the_cpu():
+    # torch 2.14.1 corrupts the heap in channels_last backward passes of narrow BatchNorms at odd batch
+    # sizes (width 4, batch 117 crashed the process); train() must keep such models in NCHW on the CPU.
+    narrow = models.PreActResNet18(num_classes=10, in_channels=1, width=4)
+    assert not training.channels_last_safe(narrow, torch.device("cpu"))
+    assert training.channels_last_safe(
+        models.PreActResNet18(num_classes=10, in_channels=1, width=16), torch.device("cpu")
+    )
+    narrow = narrow.to(memory_format=torch.channels_last)  # as a cached model comes back
+    g = torch.Generator().manual_seed(0)
+    images = data.ImageData(
+        torch.randint(0, 256, (117, 1, 28, 28), dtype=torch.uint8, generator=g), torch.arange(117) % 10
+    )
+    cfg = config.TrainConfig(epochs=6, batch_size=117, lr=0.01, schedule="constant")
+    history = training.train(narrow, images, cfg, spec=_spec(), seed=0, progress=False)
+    assert len(history.epochs) == 6
+    assert narrow.conv1.weight.is_contiguous()  # back in the default layout

@@ -202,3 +202,26 @@ def test_tsbd_through_the_registry_leaves_the_input_model_alone(tiny_images):
     assert record["stage1"]["zeroed_weights"] > 0
     with pytest.raises(ValueError, match="alpha=2"):
         TSBDConfig(alpha=2)
+
+
+def test_the_n_rule_takes_the_smallest_ratio_that_costs_a_third_of_the_clean_accuracy():
+    from tsbd_utils.defenses.tsbd import choose_neuron_ratio
+
+    curve = {0.1: 0.85, 0.2: 0.62, 0.25: 0.55, 0.3: 0.40}
+    assert choose_neuron_ratio(curve, before=0.9) == 0.25  # 2/3 x 0.9 = 0.6
+    assert choose_neuron_ratio(curve, before=0.93) == 0.2  # 0.62 <= 0.62
+    assert choose_neuron_ratio({0.1: 0.9, 0.5: 0.8}, before=0.9) == 0.5  # none qualifies: the largest
+    with pytest.raises(ValueError, match="no candidate"):
+        choose_neuron_ratio({}, before=0.9)
+
+
+def test_tsbd_config_follows_the_profile():
+    from tsbd_utils.config import resolve
+    from tsbd_utils.defenses.tsbd import NEURON_RATIO
+
+    smoke, quick, paper = (TSBDConfig.for_profile(resolve(p)) for p in ("smoke", "quick", "paper"))
+    assert (smoke.epochs, quick.epochs, paper.epochs) == (2, 21, 21)
+    assert quick.neuron_ratio == NEURON_RATIO["quick"] and quick.weight_ratio == 0.7
+    assert (quick.unlearn.max_epochs, paper.unlearn.max_epochs) == (200, 1000)
+    assert (quick.radius, quick.alpha, quick.lr, quick.momentum, quick.batch_size) == (0.05, 0.7, 0.01, 0.9, 256)
+    assert TSBDConfig.for_profile(resolve("quick"), alpha=0.0).alpha == 0.0

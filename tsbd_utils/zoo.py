@@ -204,35 +204,22 @@ def unlearned_model(
     bd = backdoored_model(session, name, progress=progress)
     config = config or unlearn_config(session.profile, mode)
     splits, p = session.splits, session.profile
-    runs: list[Unlearned] = []
 
     def train_one(m: nn.Module):
+        common = dict(
+            spec=splits.spec,
+            seed=session.seed,
+            device=session.device,
+            config=config,
+            eval_batch_size=p.eval_batch_size,
+            progress=progress,
+        )
         if mode == "clean":
-            run = clean_unlearn(
-                bd.model,
-                splits.clean,
-                spec=splits.spec,
-                seed=session.seed,
-                device=session.device,
-                config=config,
-                eval_batch_size=p.eval_batch_size,
-                progress=progress,
-            )
+            run = clean_unlearn(bd.model, splits.clean, **common)
         else:
             x_bd, _ = bd.attack.backdoor_test(splits.test)
-            run = poison_unlearn(
-                bd.model,
-                x_bd,
-                bd.attack.config.target,
-                spec=splits.spec,
-                seed=session.seed,
-                device=session.device,
-                config=config,
-                eval_batch_size=p.eval_batch_size,
-                progress=progress,
-            )
+            run = poison_unlearn(bd.model, x_bd, bd.attack.config.target, **common)
         m.load_state_dict(run.model.state_dict())
-        runs.append(run)
         return run.history, {"stopped": run.history.stopped}
 
     fields = model_fields(session, "unlearned", attack=name, attack_config=bd.attack.config, mode=mode, unlearn=config)

@@ -221,7 +221,8 @@ class ActivenessAwareStep(Step):
             self._backup = [torch.empty_like(p) for p in params]
         with torch.no_grad():
             torch._foreach_copy_(self._backup, params)
-            scale = [self.radius / (n.item() + self.eps) for n in torch._foreach_norm(g1)]
+            # One synchronisation for all the norms, not one per tensor.
+            scale = [self.radius / (n + self.eps) for n in torch.stack(torch._foreach_norm(g1)).tolist()]
             torch._foreach_add_(params, torch._foreach_mul(g1, scale))
         for p in params:
             p.grad = None
