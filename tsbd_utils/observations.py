@@ -144,6 +144,17 @@ def unlearn(
     return Unlearned(copied, history)
 
 
+def _options(spec, seed, device, config, max_epochs, progress) -> dict:
+    return {
+        "spec": spec,
+        "seed": seed,
+        "device": device,
+        "config": config,
+        "max_epochs": max_epochs,
+        "progress": progress,
+    }
+
+
 def clean_unlearn(
     model: nn.Module,
     clean: ImageData,
@@ -172,13 +183,8 @@ def clean_unlearn(
         clean_acc,
         threshold,
         metric="clean_acc",
-        spec=spec,
-        seed=seed,
-        device=device,
-        config=config,
-        max_epochs=max_epochs,
-        progress=progress,
         desc="clean unlearning",
+        **_options(spec, seed, device, config, max_epochs, progress),
     )
 
 
@@ -215,13 +221,8 @@ def poison_unlearn(
         asr,
         threshold,
         metric="asr",
-        spec=spec,
-        seed=seed,
-        device=device,
-        config=config,
-        max_epochs=max_epochs,
-        progress=progress,
         desc="poison unlearning",
+        **_options(spec, seed, device, config, max_epochs, progress),
     )
 
 
