@@ -26,7 +26,7 @@ from .training import History, channels_last_safe, train
 UNLEARN_MODES = ("clean", "poison")
 # The quick and smoke profiles unlearn at 10x the official rate: on the quick setting clean
 # unlearning then stops after ~13 epochs instead of ~75 (5x less time), and TSBD's result is the
-# same within a point (BadNets, n 0.2 / 0.3: ASR 24.2 / 8.6 vs 24.8 / 7.1). Notebook 02 shows it.
+# same within 1.5 points (BadNets, n 0.2 / 0.3: ASR after TSBD 24.2 / 8.6, vs 24.8 / 7.1 at 1e-4).
 UNLEARN_LR = {"smoke": 1e-3, "quick": 1e-3}
 
 

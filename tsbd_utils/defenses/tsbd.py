@@ -217,7 +217,7 @@ class ActivenessAwareStep(Step):
     def _perturbed_gradient(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
         params = [p for p in model.parameters() if p.grad is not None]
         g1 = [p.grad for p in params]
-        if self._backup is None or len(self._backup) != len(params):
+        if self._backup is None or [b.shape for b in self._backup] != [p.shape for p in params]:
             self._backup = [torch.empty_like(p) for p in params]
         with torch.no_grad():
             torch._foreach_copy_(self._backup, params)
@@ -226,14 +226,14 @@ class ActivenessAwareStep(Step):
             torch._foreach_add_(params, torch._foreach_mul(g1, scale))
         for p in params:
             p.grad = None
-        norms = _batch_norms(model)
+        norms = [(bn, bn.track_running_stats) for bn in _batch_norms(model)]
         try:
-            for bn in norms:
+            for bn, _ in norms:
                 bn.track_running_stats = False  # train mode: batch statistics, running ones untouched
             F.cross_entropy(model(x).float(), y).backward()
         finally:
-            for bn in norms:
-                bn.track_running_stats = True
+            for bn, tracked in norms:
+                bn.track_running_stats = tracked
             with torch.no_grad():
                 torch._foreach_copy_(params, self._backup)
         g2 = [p.grad for p in params]
