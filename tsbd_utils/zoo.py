@@ -281,12 +281,12 @@ def tsbd_model(
         raise ValueError(f"unknown ranking {ranking!r}; allowed: {', '.join(UNLEARN_MODES)}")
     config = config or TSBDConfig.for_profile(session.profile, unlearn=unlearn_config(session.profile))
     bd = backdoored_model(session, name, progress=progress)
-    unlearn = config.unlearn if ranking == "clean" else unlearn_config(session.profile, "poison")
-    unlearned = unlearned_model(session, name, ranking, unlearn, progress=progress)
     splits = session.splits
-    records: dict[str, Any] = {}
 
     def fit(m: nn.Module) -> dict[str, Any]:
+        # Only on a cache miss: a cached TSBD model needs neither the unlearned model nor a run.
+        unlearn = config.unlearn if ranking == "clean" else unlearn_config(session.profile, "poison")
+        unlearned = unlearned_model(session, name, ranking, unlearn, progress=progress)
         eval_fn = curve_eval(session, bd.attack, curve_size) if curve_size > 0 else None
         result = DEFENSES["tsbd"](
             bd.model,
@@ -300,7 +300,6 @@ def tsbd_model(
             progress=progress,
         )
         m.load_state_dict(result.model.state_dict())
-        records.update(result.record)
         return {"record": result.record}
 
     model = model_for(session.profile, splits.spec, session.seed)

@@ -36,7 +36,7 @@ from torch import nn
 
 from ..config import Profile, TrainConfig
 from ..data import DatasetSpec, ImageData
-from ..observations import UnlearnConfig, Unlearned, clean_unlearn, nwc_layers, weight_changes
+from ..observations import UnlearnConfig, Unlearned, clean_unlearn, flatten_layers, nwc_layers, weight_changes
 from ..training import History, Step, train
 from .base import DEFENSES, DefenseResult
 
@@ -125,8 +125,7 @@ def zero_reinit(
         raise ValueError(f"neuron_ratio {neuron_ratio!r} and weight_ratio {weight_ratio!r} must be in [0, 1]")
     layers = layers if layers is not None else nwc_layers(model)
     changes = weight_changes(model, unlearned, layers)
-    nwc = torch.cat([changes[name].sum(1) for name in layers])
-    owner = [(name, k) for name in layers for k in range(changes[name].shape[0])]
+    nwc, owner = flatten_layers({name: changes[name].sum(1) for name in layers})
     n_top = int(neuron_ratio * len(nwc))
     top = nwc.argsort(descending=True, stable=True)[:n_top].tolist()
     chosen: dict[str, list[int]] = {name: [] for name in layers}
