@@ -68,7 +68,8 @@ class Profile:
     train: TrainConfig  # training from scratch (clean and backdoored models)
     model: str = "preactresnet18"  # key of models.MODELS
     clean_ratio: float = 0.05  # defender's clean share of the training images (TSBD, BackdoorBench)
-    epoch_scale: float = 1.0  # factor on the epoch counts of defenses and fine-tuning
+    epoch_scale: float = 1.0  # factor on the epoch counts of attack resources (LF, SSBA, Trojan, Input-aware)
+    defense_scale: float = 1.0  # factor on the baseline defenses' epoch counts (FT, FP, NAD, NC, ANP, i-BAU, RNP)
     unlearn_cap: int = 1000  # most epochs of clean unlearning (the official code allows 1000)
     epoch_cap: int | None = None  # most epochs of any defense's fine-tuning loop (smoke only); None: no cap
     eval_batch_size: int = 256  # images per forward pass when evaluating (256 is fastest on 2 CPU cores; 1024 on a GPU)
@@ -88,6 +89,7 @@ class Profile:
         _require(isinstance(self.width, int) and self.width > 0, f"width must be an int > 0, got {self.width!r}")
         _require(0 < self.clean_ratio < 1, f"clean_ratio must be in (0, 1), got {self.clean_ratio!r}")
         _require(self.epoch_scale > 0, f"epoch_scale must be > 0, got {self.epoch_scale!r}")
+        _require(self.defense_scale > 0, f"defense_scale must be > 0, got {self.defense_scale!r}")
         _require(
             self.epoch_cap is None or (isinstance(self.epoch_cap, int) and self.epoch_cap > 0),
             f"epoch_cap must be None or an int > 0, got {self.epoch_cap!r}",
@@ -120,6 +122,7 @@ PROFILES.register(
         width=4,
         train=TrainConfig(epochs=1, lr=0.05, nesterov=True, schedule="onecycle"),
         epoch_scale=0.02,  # 100 epochs -> 2: every code path, no meaning
+        defense_scale=0.02,
         unlearn_cap=3,
         epoch_cap=2,
         meaningful=False,
@@ -138,6 +141,8 @@ PROFILES.register(
         # Calibrated on 2 CPU cores: about 90% clean accuracy in about 80 s per model.
         train=TrainConfig(epochs=5, lr=0.05, nesterov=True, schedule="onecycle"),
         epoch_scale=0.2,  # 100 fine-tuning epochs -> 20
+        # Baselines: 100 epochs -> 10, so notebook 06 (8 defenses x 8 attacks) fits its budget.
+        defense_scale=0.1,
         unlearn_cap=200,  # clean unlearning at lr 1e-4 needed 53-96 epochs in calibration
         description="make reproduce on a CPU: real results on Fashion-MNIST in about an hour",
     ),

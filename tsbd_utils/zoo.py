@@ -17,7 +17,7 @@ from torch import nn
 from . import metrics
 from .attacks import ATTACKS, Attack, AttackConfig, AttackContext
 from .config import Profile
-from .defenses import DEFENSES, TSBDConfig
+from .defenses import DEFENSES, OracleData, TSBDConfig, config_for
 from .models import count_parameters, model_for
 from .observations import UnlearnConfig, Unlearned, clean_unlearn, poison_unlearn
 from .session import Session
@@ -237,6 +237,7 @@ class Defended:
     model: nn.Module
     record: dict[str, Any]
     info: dict[str, Any]  # device, compute_seconds, created
+    fields: dict[str, Any] | None = None  # its cache key, for evaluate_cached
 
 
 def curve_eval(session: Session, attack: Attack, size: int):
@@ -315,4 +316,54 @@ def tsbd_model(
     model, extras, info = session.cache.get_or_train(
         "model", fields, model, fit, info=lambda: {"device": str(session.device), "threads": session.threads}
     )
-    return Defended(model.to(session.device), extras["record"], info)
+    return Defended(model.to(session.device), extras["record"], info, fields)
+
+
+def oracle_data(session: Session, attack: Attack) -> OracleData:
+    """The test data a labelled *oracle* pruning choice reads (BackdoorBench's FP, ANP, RNP)."""
+    test = session.splits.test
+    x_bd, _ = attack.backdoor_test(test)
+    return OracleData(test.x, test.y, x_bd, attack.config.target)
+
+
+def defended_model(
+    session: Session, name: str, defense: str, config: Any = None, progress: bool = False
+) -> Defended:
+    """Defense ``defense`` (a key of ``DEFENSES``) on attack ``name``'s model; cached.
+
+    ``config`` defaults to the profile's (:func:`defenses.config_for`). A config whose ``choice``
+    is ``"oracle"`` gets the test set (:func:`oracle_data`). Notebooks use :func:`tsbd_model` for
+    TSBD, which reuses the cached clean unlearning of notebook 02.
+    """
+    config = config or config_for(defense, session.profile)
+    bd = backdoored_model(session, name, progress=progress)
+    splits = session.splits
+
+    def fit(m: nn.Module) -> dict[str, Any]:
+        extra = {"oracle": oracle_data(session, bd.attack)} if getattr(config, "choice", None) == "oracle" else {}
+        result = DEFENSES[defense](
+            bd.model, splits.clean, config, spec=splits.spec, seed=session.seed, device=session.device,
+            progress=progress, **extra,
+        )
+        m.load_state_dict(result.model.state_dict())
+        return {"record": result.record}
+
+    fields = model_fields(session, "defended", attack=name, attack_config=bd.attack.config, defense=defense, config=config)
+    model = model_for(session.profile, splits.spec, session.seed)
+    model, extras, info = session.cache.get_or_train(
+        "model", fields, model, fit, info=lambda: {"device": str(session.device), "threads": session.threads}
+    )
+    return Defended(model.to(session.device), extras["record"], info, fields)
+
+
+def evaluate_cached(session: Session, fields: dict[str, Any], model: nn.Module, attack: Attack) -> dict[str, float]:
+    """:func:`evaluate` of the model whose cache key is ``fields``, itself cached (notebook 07 reuses it)."""
+    key = {"model": fields, "test_size": session.profile.test_size, "attack": attack.name}
+    return session.cache.get_or_compute("evaluation", key, lambda: evaluate(session, model, attack))
+
+
+def backdoor_evaluation(session: Session, name: str) -> dict[str, float]:
+    """:func:`evaluate` of attack ``name``'s backdoored model, cached (the 'before' of every defense)."""
+    bd = backdoored_model(session, name, progress=False)
+    fields = model_fields(session, "backdoor", attack=name, attack_config=bd.attack.config)
+    return evaluate_cached(session, fields, bd.model, bd.attack)

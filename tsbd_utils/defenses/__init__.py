@@ -1,4 +1,5 @@
-"""Backdoor defenses, one module each, in the registry ``DEFENSES`` (TSBD first).
+"""Backdoor defenses, one module each, in the registry ``DEFENSES`` (TSBD first, then the baselines
+of the paper's Table 1 in its order).
 
 >>> from tsbd_utils.defenses import DEFENSES, TSBDConfig
 >>> result = DEFENSES["tsbd"](model, splits.clean, TSBDConfig(), spec=splits.spec, seed=0)
@@ -6,15 +7,30 @@
 
 from __future__ import annotations
 
-from .base import DEFENSES, Defense, DefenseResult
-from .tsbd import ActivenessAwareStep, TSBDConfig, activeness_aware_finetune, zero_reinit
+from .base import DEFENSE_CONFIGS, DEFENSES, Defense, DefenseResult, config_for
+from .tsbd import ActivenessAwareStep, TSBDConfig, activeness_aware_finetune, zero_reinit  # noqa: I001 (registers first)
+from .ft import FTConfig
+from .fp import FPConfig
+from .nad import NADConfig
+from .clp import CLPConfig
+from .ibau import IBAUConfig
+from .common import FineTuning, OracleData
 
 __all__ = [
     "DEFENSES",
+    "DEFENSE_CONFIGS",
+    "config_for",
     "Defense",
     "DefenseResult",
     "ActivenessAwareStep",
     "TSBDConfig",
     "activeness_aware_finetune",
     "zero_reinit",
+    "FTConfig",
+    "FPConfig",
+    "NADConfig",
+    "CLPConfig",
+    "IBAUConfig",
+    "FineTuning",
+    "OracleData",
 ]

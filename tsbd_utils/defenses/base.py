@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from torch import nn
 
+from ..config import Profile
 from ..registry import Registry
 
 
@@ -29,3 +30,18 @@ class Defense(Protocol):
 
 
 DEFENSES: Registry[Defense] = Registry("defense")
+
+
+class DefenseConfig(Protocol):
+    @classmethod
+    def for_profile(cls, profile: Profile, **overrides: Any) -> DefenseConfig: ...
+
+
+DEFENSE_CONFIGS: Registry[type[DefenseConfig]] = Registry("defense config")
+"""Each defense's config class, under the defense's key: ``config_for`` builds the profile's."""
+
+
+def config_for(name: str, profile: Profile, **overrides: Any) -> Any:
+    """Defense ``name``'s config at ``profile``'s scale (paper: the published defaults)."""
+    DEFENSES.check(name)
+    return DEFENSE_CONFIGS[name].for_profile(profile, **overrides)

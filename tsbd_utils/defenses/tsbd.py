@@ -38,7 +38,7 @@ from ..config import Profile, TrainConfig
 from ..data import DatasetSpec, ImageData
 from ..observations import UnlearnConfig, Unlearned, clean_unlearn, flatten_layers, nwc_layers, weight_changes
 from ..training import History, Step, train
-from .base import DEFENSES, DefenseResult
+from .base import DEFENSE_CONFIGS, DEFENSES, DefenseResult
 
 # One neuron ratio n per profile, the same for every attack, from choose_neuron_ratio (notebook 04).
 # quick: choose_neuron_ratio over the eight quick models gave 0.25 (notebook 04 recomputes it).
@@ -301,6 +301,9 @@ def activeness_aware_finetune(
 
 # ---------------------------------------------------------------------------------------------
 # Both stages
+
+
+DEFENSE_CONFIGS.register("tsbd", TSBDConfig)
 
 
 @DEFENSES.register("tsbd")
