@@ -97,6 +97,24 @@ EXPECTED: dict[str, dict] = {
             and all(0 <= a["asr_tsbd"] <= 1 and 0 <= a["der_tsbd"] <= 1 for a in r["attacks"].values())
         ),
     },
+    "06": {
+        "figures": [
+            "fp_pruning", "nc_anomaly", "nc_triggers", "clp_uclc", "ibau_perturbations", "pruning_masks",
+            "baseline_results",
+        ],
+        "results": lambda r: (
+            r["defenses"] == ["ft", "fp", "nad", "nc", "anp", "clp", "ibau", "rnp"]
+            and r["attacks"] == ALL_ATTACKS
+            and all(
+                0 <= run[m] <= 1 and run["seconds"] >= 0
+                for d in r["runs"].values()
+                for run in d.values()
+                for m in ("acc", "asr", "ra")
+            )
+            and all(isinstance(run["record"]["flagged"], list) for run in r["runs"]["nc"].values())
+            and set(r["average"]) == {"FT", "FP", "NAD", "NC", "ANP", "CLP", "i-BAU", "RNP"}
+        ),
+    },
 }
 
 

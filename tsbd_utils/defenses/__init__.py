@@ -12,8 +12,11 @@ from .tsbd import ActivenessAwareStep, TSBDConfig, activeness_aware_finetune, ze
 from .ft import FTConfig
 from .fp import FPConfig
 from .nad import NADConfig
+from .nc import NCConfig
 from .clp import CLPConfig
 from .ibau import IBAUConfig
+from .anp import ANPConfig
+from .rnp import RNPConfig
 from .common import FineTuning, OracleData
 
 __all__ = [
@@ -29,8 +32,11 @@ __all__ = [
     "FTConfig",
     "FPConfig",
     "NADConfig",
+    "NCConfig",
     "CLPConfig",
     "IBAUConfig",
+    "ANPConfig",
+    "RNPConfig",
     "FineTuning",
     "OracleData",
 ]
