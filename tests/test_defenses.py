@@ -107,7 +107,9 @@ def test_fp_prunes_the_least_active_head_inputs_and_keeps_them_at_zero_through_f
 def test_fp_oracle_reads_the_test_set_it_is_given():
     model, clean = _model(), _clean()
     oracle = OracleData(clean.x, clean.y, clean.x[:20], target=0)
-    result = DEFENSES["fp"](model, clean, FPConfig.for_profile(SMOKE, choice="oracle"), spec=_spec(), seed=0, oracle=oracle)
+    result = DEFENSES["fp"](
+        model, clean, FPConfig.for_profile(SMOKE, choice="oracle"), spec=_spec(), seed=0, oracle=oracle
+    )
     assert {"test_acc", "test_asr"} <= set(result.record["sweep"][0])
     assert result.record["choice"] == "oracle"
 
@@ -144,6 +146,7 @@ def test_clp_zeroes_the_bn_channel_behind_a_planted_high_lipschitz_kernel_and_re
     bn = result.model.layer2[0].bn2
     assert bn.weight[3] == 0 and bn.bias[3] == 0
     assert torch.equal(bn.weight[:3], model.layer2[0].bn2.weight[:3])
+
     # Data-free: a "clean set" that explodes when touched is never touched.
     class Untouchable:
         def __getattr__(self, name):

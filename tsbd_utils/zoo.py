@@ -326,9 +326,7 @@ def oracle_data(session: Session, attack: Attack) -> OracleData:
     return OracleData(test.x, test.y, x_bd, attack.config.target)
 
 
-def defended_model(
-    session: Session, name: str, defense: str, config: Any = None, progress: bool = False
-) -> Defended:
+def defended_model(session: Session, name: str, defense: str, config: Any = None, progress: bool = False) -> Defended:
     """Defense ``defense`` (a key of ``DEFENSES``) on attack ``name``'s model; cached.
 
     ``config`` defaults to the profile's (:func:`defenses.config_for`). A config whose ``choice``
@@ -342,13 +340,21 @@ def defended_model(
     def fit(m: nn.Module) -> dict[str, Any]:
         extra = {"oracle": oracle_data(session, bd.attack)} if getattr(config, "choice", None) == "oracle" else {}
         result = DEFENSES[defense](
-            bd.model, splits.clean, config, spec=splits.spec, seed=session.seed, device=session.device,
-            progress=progress, **extra,
+            bd.model,
+            splits.clean,
+            config,
+            spec=splits.spec,
+            seed=session.seed,
+            device=session.device,
+            progress=progress,
+            **extra,
         )
         m.load_state_dict(result.model.state_dict())
         return {"record": result.record}
 
-    fields = model_fields(session, "defended", attack=name, attack_config=bd.attack.config, defense=defense, config=config)
+    fields = model_fields(
+        session, "defended", attack=name, attack_config=bd.attack.config, defense=defense, config=config
+    )
     model = model_for(session.profile, splits.spec, session.seed)
     model, extras, info = session.cache.get_or_train(
         "model", fields, model, fit, info=lambda: {"device": str(session.device), "threads": session.threads}

@@ -5,10 +5,11 @@ of the paper's Table 1 in its order).
 >>> result = DEFENSES["tsbd"](model, splits.clean, TSBDConfig(), spec=splits.spec, seed=0)
 """
 
+# Import order is registration order: TSBD first, then the baselines in Table 1 order.
 from __future__ import annotations
 
 from .base import DEFENSE_CONFIGS, DEFENSES, Defense, DefenseResult, config_for
-from .tsbd import ActivenessAwareStep, TSBDConfig, activeness_aware_finetune, zero_reinit  # noqa: I001 (registers first)
+from .tsbd import ActivenessAwareStep, TSBDConfig, activeness_aware_finetune, zero_reinit
 from .ft import FTConfig
 from .fp import FPConfig
 from .nad import NADConfig

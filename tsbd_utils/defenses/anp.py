@@ -58,7 +58,15 @@ from ..rng import generator
 from ..training import channels_last_safe
 from .base import DEFENSE_CONFIGS, DEFENSES, DefenseResult
 from .common import OracleData, check_choice, scaled_epochs, working_copy
-from .masks import attach_masks, check_config, clip_masks, freeze_all_but_masks, mask_values, masks_record, prune_sweep
+from .masks import (
+    attach_masks,
+    check_config,
+    clip_masks,
+    freeze_all_but_masks,
+    mask_values,
+    prune_sweep,
+    pruning_record,
+)
 
 # Mask iterations per profile where defense_scale alone is too costly: an ANP iteration is three
 # forward and two backward passes (~0.65 s at quick on 2 cores), so quick's scaled 200 would cost
@@ -199,15 +207,5 @@ def defend(
     check_choice(config.choice, oracle)  # before the optimisation, not after it
     masks, log = learn_masks(model, clean, config, spec=spec, seed=seed, device=device, progress=progress)
     pruned, threshold, rows = prune_sweep(model, masks, config, clean=clean, device=device, oracle=oracle)
-    record = {
-        "choice": config.choice,
-        "threshold": threshold,
-        "pruned": next(row["pruned"] for row in rows if row["amount"] == threshold),
-        "neurons": sum(len(v) for v in masks.values()),
-        "rows": rows,
-        "iterations": config.iterations,
-        "log": log,
-        "masks": masks_record(masks),
-        "config": dataclasses.asdict(config),
-    }
+    record = pruning_record(config, masks, threshold, rows, iterations=config.iterations, log=log)
     return DefenseResult(pruned, record)

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -283,3 +284,19 @@ def prune_sweep(
         row["pruned"] = counts[row["amount"]]
     apply(chosen)
     return pruned.eval(), chosen, rows
+
+
+def pruning_record(
+    config: Any, masks: Mapping[str, torch.Tensor], threshold: float, rows: list[dict[str, Any]], **stages: Any
+) -> dict[str, Any]:
+    """The JSON record ANP and RNP return: the choice, the threshold, the sweep, their own ``stages``, the masks."""
+    return {
+        "choice": config.choice,
+        "threshold": threshold,
+        "pruned": next(row["pruned"] for row in rows if row["amount"] == threshold),
+        "neurons": sum(len(v) for v in masks.values()),
+        "rows": rows,
+        **stages,
+        "masks": masks_record(masks),
+        "config": dataclasses.asdict(config),
+    }

@@ -137,7 +137,7 @@ def defend(
     """Fine-tune a teacher, then distil its attention into a copy of ``model``; ``model`` is untouched."""
     config = config or NADConfig()
     teacher = working_copy(model, device)
-    common = dict(spec=spec, seed=seed, device=device, progress=progress)
+    common = {"spec": spec, "seed": seed, "device": device, "progress": progress}
     teacher_history = fine_tune(teacher, clean, config.teacher_recipe(), desc="NAD teacher", **common)
     teacher.eval()
     student = working_copy(model, device)

@@ -58,7 +58,15 @@ from ..observations import AscentStep
 from ..training import Step, train
 from .base import DEFENSE_CONFIGS, DEFENSES, DefenseResult
 from .common import OracleData, check_choice, working_copy
-from .masks import attach_masks, check_config, clip_masks, freeze_all_but_masks, mask_values, masks_record, prune_sweep
+from .masks import (
+    attach_masks,
+    check_config,
+    clip_masks,
+    freeze_all_but_masks,
+    mask_values,
+    prune_sweep,
+    pruning_record,
+)
 
 
 @dataclass(frozen=True)
@@ -267,14 +275,5 @@ def defend(
     check_choice(config.choice, oracle)  # before the training, not after it
     masks, stages = unlearn_and_recover(model, clean, config, spec=spec, seed=seed, device=device, progress=progress)
     pruned, threshold, rows = prune_sweep(model, masks, config, clean=clean, device=device, oracle=oracle)
-    record = {
-        "choice": config.choice,
-        "threshold": threshold,
-        "pruned": next(row["pruned"] for row in rows if row["amount"] == threshold),
-        "neurons": sum(len(v) for v in masks.values()),
-        "rows": rows,
-        **stages,
-        "masks": masks_record(masks),
-        "config": dataclasses.asdict(config),
-    }
+    record = pruning_record(config, masks, threshold, rows, **stages)
     return DefenseResult(pruned, record)
