@@ -23,10 +23,14 @@ from ..data import DatasetSpec, ImageData
 from ..training import History, Step, train
 
 
+def capped_epochs(profile: Profile, epochs: int) -> int:
+    """``epochs`` capped by the profile's ``epoch_cap`` (smoke only; other profiles have none)."""
+    return min(epochs, profile.epoch_cap) if profile.epoch_cap else epochs
+
+
 def scaled_epochs(profile: Profile, epochs: int) -> int:
     """A baseline's ``epochs`` at the profile's ``defense_scale`` (at least 1), capped by ``epoch_cap``."""
-    scaled = max(1, round(epochs * profile.defense_scale))
-    return min(scaled, profile.epoch_cap) if profile.epoch_cap else scaled
+    return capped_epochs(profile, max(1, round(epochs * profile.defense_scale)))
 
 
 def working_copy(model: nn.Module, device: str | torch.device) -> nn.Module:

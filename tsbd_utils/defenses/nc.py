@@ -56,7 +56,7 @@ from ..data import DatasetSpec, ImageData
 from ..rng import generator
 from ..training import channels_last_safe
 from .base import DEFENSE_CONFIGS, DEFENSES, DefenseResult
-from .common import FineTuning, fine_tune, working_copy
+from .common import FineTuning, capped_epochs, fine_tune, working_copy
 
 MAD_CONSISTENCY = 1.4826  # 1.4826 * MAD estimates the standard deviation of normally distributed norms
 
@@ -128,7 +128,7 @@ class NCConfig:
         """The profile's NC: fine-tuning epochs scaled by ``defense_scale``; below scale 1 the
         reverse-engineering epochs shrink to :data:`SCALED_REVERSE`; smoke's ``epoch_cap`` caps nc_epoch."""
         reverse = SCALED_REVERSE if profile.defense_scale < 1 else {}
-        nc_epoch = min(cls.nc_epoch, profile.epoch_cap) if profile.epoch_cap else cls.nc_epoch
+        nc_epoch = capped_epochs(profile, cls.nc_epoch)
         base = cls(nc_epoch=nc_epoch, finetune=FineTuning().scaled(profile), **reverse)
         return dataclasses.replace(base, **overrides)
 

@@ -57,7 +57,7 @@ from ..data import DatasetSpec, ImageData
 from ..observations import AscentStep
 from ..training import Step, train
 from .base import DEFENSE_CONFIGS, DEFENSES, DefenseResult
-from .common import OracleData, check_choice, working_copy
+from .common import OracleData, capped_epochs, check_choice, working_copy
 from .masks import (
     attach_masks,
     check_config,
@@ -117,8 +117,10 @@ class RNPConfig:
     @classmethod
     def for_profile(cls, profile: Profile, **overrides: Any) -> RNPConfig:
         """BackdoorBench's RNP; only smoke's ``epoch_cap`` shortens it (see the module docstring)."""
-        cap = profile.epoch_cap or max(cls.unlearning_epochs, cls.recovering_epochs)
-        base = cls(unlearning_epochs=min(cls.unlearning_epochs, cap), recovering_epochs=min(cls.recovering_epochs, cap))
+        base = cls(
+            unlearning_epochs=capped_epochs(profile, cls.unlearning_epochs),
+            recovering_epochs=capped_epochs(profile, cls.recovering_epochs),
+        )
         return dataclasses.replace(base, **overrides)
 
     def share(self, clean: ImageData) -> ImageData:

@@ -39,6 +39,7 @@ from ..data import DatasetSpec, ImageData
 from ..observations import UnlearnConfig, Unlearned, clean_unlearn, flatten_layers, nwc_layers, weight_changes
 from ..training import History, Step, train
 from .base import DEFENSE_CONFIGS, DEFENSES, DefenseResult
+from .common import capped_epochs
 
 # One neuron ratio n per profile, the same for every attack, from choose_neuron_ratio (notebook 04).
 # quick: choose_neuron_ratio over the eight quick models gave 0.25 (notebook 04 recomputes it).
@@ -85,7 +86,7 @@ class TSBDConfig:
         base = cls(
             neuron_ratio=NEURON_RATIO.get(profile.name, cls.neuron_ratio),
             unlearn=dataclasses.replace(UnlearnConfig(), max_epochs=profile.unlearn_cap),
-            epochs=min(cls.epochs, profile.epoch_cap) if profile.epoch_cap else cls.epochs,
+            epochs=capped_epochs(profile, cls.epochs),
         )
         return dataclasses.replace(base, **overrides)
 
