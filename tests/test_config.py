@@ -22,6 +22,8 @@ def test_profiles_exist_with_their_scales():
     ) == (100, 0.01, 0.9, 5e-4, "cosine", 128)
     assert all(p.clean_ratio == 0.05 for p in config.PROFILES.values())
     assert not config.PROFILES["smoke"].meaningful and quick.meaningful
+    # Reported numbers: a seeded half of Fashion-MNIST's 10,000 test images at quick, the whole test set in the paper.
+    assert (quick.eval_size, paper.eval_size, config.resolve("quick", eval_size="all").eval_size) == (5000, None, None)
 
 
 def test_unknown_profile_names_the_allowed_ones():
@@ -47,6 +49,7 @@ def test_overrides_apply_and_none_keeps_the_default():
         ({"train": {"epochs": -1}}, r"epochs must be an int >= 0, got -1"),
         ({"clean_ratio": 5}, r"clean_ratio must be in \(0, 1\), got 5"),
         ({"width": 0}, r"width must be an int > 0, got 0"),
+        ({"eval_size": 0}, r"eval_size must be None or an int > 0, got 0"),
     ],
 )
 def test_bad_overrides_fail_with_the_allowed_values(overrides, message):

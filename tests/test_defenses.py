@@ -10,6 +10,7 @@ from torch import nn
 from tsbd_utils import config, data, models
 from tsbd_utils.defenses import DEFENSES, config_for
 from tsbd_utils.defenses.clp import CLPConfig, channel_lipschitz
+from tsbd_utils.defenses import common
 from tsbd_utils.defenses.common import OracleData, scaled_epochs, select_amount
 from tsbd_utils.defenses.fp import FPConfig, head_inputs
 from tsbd_utils.defenses.nad import NADConfig, attention_loss, attention_map
@@ -84,6 +85,30 @@ def test_the_clean_rule_stops_before_the_first_step_that_costs_more_than_ten_per
     assert select_amount(rows, choice="oracle") == 2  # lowest test ASR among test ACC >= 0.81
     with pytest.raises(ValueError, match="'test'.*allowed: clean, oracle"):
         select_amount(rows, choice="test")
+
+
+def test_the_clean_rule_sweep_stops_at_its_first_failure_and_the_oracle_sweeps_everything():
+    accs = {0.0: 0.90, 0.1: 0.85, 0.2: 0.80, 0.3: 0.88}  # 0.80 < 0.81 breaks the 10% rule at 0.2
+    tried = []
+
+    def apply(amount):
+        tried.append(amount)
+        return amount
+
+    def predict(model, images, batch_size, device):  # stands in for the pruned model's predictions
+        right = round(accs[model] * len(images))
+        return torch.cat([torch.zeros(right, dtype=torch.long), torch.ones(len(images) - right, dtype=torch.long)])
+
+    clean = data.ImageData(torch.zeros(100, 1, 2, 2, dtype=torch.uint8), torch.zeros(100, dtype=torch.long))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(common.metrics, "predict", predict)
+        chosen, rows = common.choose_amount(list(accs), apply, clean=clean, device="cpu")
+        assert (chosen, tried, [r["amount"] for r in rows]) == (0.1, [0.0, 0.1, 0.2], [0.0, 0.1, 0.2])
+        tried.clear()
+        oracle = OracleData(clean.x, clean.y, clean.x, target=1)
+        chosen, rows = common.choose_amount(list(accs), apply, clean=clean, device="cpu", choice="oracle",
+                                            oracle=oracle, oracle_rule="largest")
+        assert (chosen, tried) == (0.1, [0.0, 0.1, 0.2, 0.3])
 
 
 def test_fp_prunes_the_least_active_head_inputs_and_keeps_them_at_zero_through_fine_tuning():

@@ -17,6 +17,7 @@ from torch import nn
 from . import metrics
 from .attacks import ATTACKS, Attack, AttackConfig, AttackContext
 from .config import Profile
+from .data import ImageData, seeded_subset
 from .defenses import DEFENSES, OracleData, TSBDConfig, config_for
 from .models import count_parameters, model_for
 from .observations import UnlearnConfig, Unlearned, clean_unlearn, poison_unlearn
@@ -92,13 +93,18 @@ def _train_cached(
         attachments=attachments,
         info=lambda: {"device": str(session.device), "threads": session.threads, **timing},
     )
+    return _on_device(session, model), extras, info
+
+
+def _on_device(session: Session, model: nn.Module) -> nn.Module:
+    """A model from the cache on the session's device, in the memory format it was trained in."""
     if (
         session.profile.train.channels_last
         and session.device.type in ("cpu", "cuda")
         and channels_last_safe(model, session.device)
     ):
         model = model.to(memory_format=torch.channels_last)  # as trained; about 1.2x faster on the CPU
-    return model.to(session.device), extras, info
+    return model.to(session.device)
 
 
 def clean_model(session: Session, progress: bool = True) -> Trained:
@@ -165,20 +171,27 @@ def backdoored_model(
     return Backdoored(model, History.from_dict(extras["history"]), info, attack=attack, poisoned=extras["poisoned"])
 
 
+def evaluation_set(session: Session) -> ImageData:
+    """The test images behind every reported ACC / ASR / RA: a seeded subset of ``profile.eval_size``
+    images of the test split (the whole split when it is None, as in the paper profile)."""
+    return seeded_subset(session.splits.test, session.profile.eval_size, session.seed, "eval-subset")
+
+
 def test_accuracy(session: Session, model: nn.Module) -> tuple[float, torch.Tensor]:
-    """Clean test accuracy and the predictions behind it."""
-    test = session.splits.test
+    """Clean accuracy on :func:`evaluation_set` and the predictions behind it (aligned with its labels)."""
+    test = evaluation_set(session)
     pred = metrics.predict(model, test.x, session.profile.eval_batch_size, session.device)
     return metrics.accuracy(pred, test.y), pred
 
 
 def evaluate(session: Session, model: nn.Module, attack: Attack) -> dict[str, float]:
-    """ACC on the clean test set; ASR and RA on the attack's backdoor test set (non-target images).
+    """ACC on the clean test images; ASR and RA on the attack's backdoor test images (non-target ones).
 
-    Also the clean accuracy on the target class alone, which clean-label attacks (SIG) lower.
+    Both come from :func:`evaluation_set`. Also the clean accuracy on the target class alone, which
+    clean-label attacks (SIG) lower.
     """
     acc, pred = test_accuracy(session, model)
-    test, target = session.splits.test, attack.config.target
+    test, target = evaluation_set(session), attack.config.target
     x_bd, y_true = attack.backdoor_test(test)
     pred_bd = metrics.predict(model, x_bd, session.profile.eval_batch_size, session.device)
     on_target = test.y == target
@@ -222,7 +235,12 @@ def unlearned_model(
         m.load_state_dict(run.model.state_dict())
         return run.history, {"stopped": run.history.stopped}
 
-    fields = model_fields(session, "unlearned", attack=name, attack_config=bd.attack.config, mode=mode, unlearn=config)
+    # Poison unlearning trains on the backdoor *test* images, so a test subset is part of its key (absent
+    # for the whole split, which keeps the keys of the cached quick and paper models).
+    test_key = {"test_size": p.test_size} if mode == "poison" and p.test_size is not None else {}
+    fields = model_fields(
+        session, "unlearned", attack=name, attack_config=bd.attack.config, mode=mode, unlearn=config, **test_key
+    )
     model, extras, info = _train_cached(session, fields, train_one)
     history = History.from_dict(extras["history"])
     history.stopped = extras["stopped"]
@@ -316,12 +334,13 @@ def tsbd_model(
     model, extras, info = session.cache.get_or_train(
         "model", fields, model, fit, info=lambda: {"device": str(session.device), "threads": session.threads}
     )
-    return Defended(model.to(session.device), extras["record"], info, fields)
+    return Defended(_on_device(session, model), extras["record"], info, fields)
 
 
 def oracle_data(session: Session, attack: Attack) -> OracleData:
-    """The test data a labelled *oracle* pruning choice reads (BackdoorBench's FP, ANP, RNP)."""
-    test = session.splits.test
+    """The test data a labelled *oracle* pruning choice reads (BackdoorBench's FP, ANP, RNP): the
+    images of :func:`evaluation_set`, so the oracle sees exactly what the reported ASR is measured on."""
+    test = evaluation_set(session)
     x_bd, _ = attack.backdoor_test(test)
     return OracleData(test.x, test.y, x_bd, attack.config.target)
 
@@ -359,12 +378,15 @@ def defended_model(session: Session, name: str, defense: str, config: Any = None
     model, extras, info = session.cache.get_or_train(
         "model", fields, model, fit, info=lambda: {"device": str(session.device), "threads": session.threads}
     )
-    return Defended(model.to(session.device), extras["record"], info, fields)
+    return Defended(_on_device(session, model), extras["record"], info, fields)
 
 
 def evaluate_cached(session: Session, fields: dict[str, Any], model: nn.Module, attack: Attack) -> dict[str, float]:
     """:func:`evaluate` of the model whose cache key is ``fields``, itself cached (notebook 07 reuses it)."""
-    key = {"model": fields, "test_size": session.profile.test_size, "attack": attack.name}
+    p = session.profile
+    key = {"model": fields, "test_size": p.test_size, "attack": attack.name}
+    if p.eval_size is not None:
+        key["eval_size"] = p.eval_size  # absent when None: the paper profile's keys stay as they were
     return session.cache.get_or_compute("evaluation", key, lambda: evaluate(session, model, attack))
 
 

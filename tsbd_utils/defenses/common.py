@@ -181,7 +181,8 @@ def choose_amount(
 ) -> tuple[float, list[dict[str, Any]]]:
     """Try each pruning amount (``apply(amount)`` returns the pruned model) and pick one with
     :func:`select_amount`. Candidates run in increasing order of pruning, the first being the
-    reference (normally 0). Returns the amount and one row per candidate tried.
+    reference (normally 0). Returns the amount and one row per candidate tried: with the clean rule the
+    sweep stops at the first amount that breaks it, since no later row can change the choice.
     """
     check_choice(choice, oracle)
     if not candidates or list(candidates) != sorted(candidates):
@@ -193,4 +194,6 @@ def choose_amount(
         if choice == "oracle":
             row["test_acc"], row["test_asr"] = oracle.evaluate(pruned, device)
         rows.append(row)
+        if choice == "clean" and row["clean_acc"] < (1 - acc_ratio) * rows[0]["clean_acc"]:
+            break
     return select_amount(rows, choice=choice, acc_ratio=acc_ratio, oracle_rule=oracle_rule), rows
