@@ -8,9 +8,8 @@ import torch
 from torch import nn
 
 from tsbd_utils import config, data, models
-from tsbd_utils.defenses import DEFENSES, config_for
+from tsbd_utils.defenses import DEFENSES, common, config_for
 from tsbd_utils.defenses.clp import CLPConfig, channel_lipschitz
-from tsbd_utils.defenses import common
 from tsbd_utils.defenses.common import OracleData, scaled_epochs, select_amount
 from tsbd_utils.defenses.fp import FPConfig, head_inputs
 from tsbd_utils.defenses.nad import NADConfig, attention_loss, attention_map
@@ -106,8 +105,9 @@ def test_the_clean_rule_sweep_stops_at_its_first_failure_and_the_oracle_sweeps_e
         assert (chosen, tried, [r["amount"] for r in rows]) == (0.1, [0.0, 0.1, 0.2], [0.0, 0.1, 0.2])
         tried.clear()
         oracle = OracleData(clean.x, clean.y, clean.x, target=1)
-        chosen, rows = common.choose_amount(list(accs), apply, clean=clean, device="cpu", choice="oracle",
-                                            oracle=oracle, oracle_rule="largest")
+        chosen, rows = common.choose_amount(
+            list(accs), apply, clean=clean, device="cpu", choice="oracle", oracle=oracle, oracle_rule="largest"
+        )
         assert (chosen, tried) == (0.1, [0.0, 0.1, 0.2, 0.3])
 
 

@@ -35,6 +35,7 @@ EXPECTED: dict[str, dict] = {
             and r["train_images"] == 2000
             and r["clean_images"] == 100
             and r["test_images"] == 1000
+            and r["evaluated_test_images"] == 1000  # smoke: eval_size None, the whole (1,000-image) test split
             and len(r["clean_acc_per_class"]) == 10
             and r["epochs"] == 1
             and abs(r["der_of_paper_averages"] - 0.97555) < 1e-6

@@ -145,7 +145,8 @@ PROFILES.register(
         # Calibrated on 2 CPU cores: about 90% clean accuracy in about 80 s per model.
         train=TrainConfig(epochs=5, lr=0.05, nesterov=True, schedule="onecycle"),
         epoch_scale=0.2,  # 100 fine-tuning epochs -> 20
-        # Baselines: 100 epochs -> 10, so notebook 06 (8 defenses x 8 attacks) fits its budget.
+        # Baselines: 100 epochs -> 10. Notebook 06 (8 defenses x 8 attacks) then needs 19 minutes of defense
+        # compute on 2 cores, over its 15-minute plan; fewer epochs would leave FT, NAD, i-BAU nothing to do.
         defense_scale=0.1,
         eval_size=5000,
         unlearn_cap=200,  # clean unlearning at lr 1e-4 needed 53-96 epochs in calibration
