@@ -371,8 +371,11 @@ def defended_model(session: Session, name: str, defense: str, config: Any = None
         m.load_state_dict(result.model.state_dict())
         return {"record": result.record}
 
+    # An oracle's choice depends on the test images it reads, so they join its key (clean-rule keys are unchanged).
+    p = session.profile
+    oracle_key = {"oracle_images": [p.test_size, p.eval_size]} if getattr(config, "choice", None) == "oracle" else {}
     fields = model_fields(
-        session, "defended", attack=name, attack_config=bd.attack.config, defense=defense, config=config
+        session, "defended", attack=name, attack_config=bd.attack.config, defense=defense, config=config, **oracle_key
     )
     model = model_for(session.profile, splits.spec, session.seed)
     model, extras, info = session.cache.get_or_train(
