@@ -302,12 +302,12 @@ def tsbd_model(
     bd = backdoored_model(session, name, progress=progress)
     splits = session.splits
 
-    def fit(m: nn.Module) -> dict[str, Any]:
+    def run():
         # Only on a cache miss: a cached TSBD model needs neither the unlearned model nor a run.
         unlearn = config.unlearn if ranking == "clean" else unlearn_config(session.profile, "poison")
         unlearned = unlearned_model(session, name, ranking, unlearn, progress=progress)
         eval_fn = curve_eval(session, bd.attack, curve_size) if curve_size > 0 else None
-        result = DEFENSES["tsbd"](
+        return DEFENSES["tsbd"](
             bd.model,
             splits.clean,
             config,
@@ -318,10 +318,7 @@ def tsbd_model(
             eval_fn=eval_fn,
             progress=progress,
         )
-        m.load_state_dict(result.model.state_dict())
-        return {"record": result.record}
 
-    model = model_for(session.profile, splits.spec, session.seed)
     fields = model_fields(
         session,
         "tsbd",
@@ -331,6 +328,18 @@ def tsbd_model(
         curve_size=curve_size,
         **({"ranking": ranking} if ranking != "clean" else {}),  # TSBD's own entries keep their keys
     )
+    return _defended_cached(session, fields, run)
+
+
+def _defended_cached(session: Session, fields: dict[str, Any], run) -> Defended:
+    """The defended model whose cache key is ``fields``; on a miss ``run()`` computes its ``DefenseResult``."""
+
+    def fit(m: nn.Module) -> dict[str, Any]:
+        result = run()
+        m.load_state_dict(result.model.state_dict())
+        return {"record": result.record}
+
+    model = model_for(session.profile, session.splits.spec, session.seed)
     model, extras, info = session.cache.get_or_train(
         "model", fields, model, fit, info=lambda: {"device": str(session.device), "threads": session.threads}
     )
@@ -356,9 +365,11 @@ def defended_model(session: Session, name: str, defense: str, config: Any = None
     bd = backdoored_model(session, name, progress=progress)
     splits = session.splits
 
-    def fit(m: nn.Module) -> dict[str, Any]:
-        extra = {"oracle": oracle_data(session, bd.attack)} if getattr(config, "choice", None) == "oracle" else {}
-        result = DEFENSES[defense](
+    oracle = getattr(config, "choice", None) == "oracle"
+
+    def run():
+        extra = {"oracle": oracle_data(session, bd.attack)} if oracle else {}
+        return DEFENSES[defense](
             bd.model,
             splits.clean,
             config,
@@ -368,20 +379,14 @@ def defended_model(session: Session, name: str, defense: str, config: Any = None
             progress=progress,
             **extra,
         )
-        m.load_state_dict(result.model.state_dict())
-        return {"record": result.record}
 
     # An oracle's choice depends on the test images it reads, so they join its key (clean-rule keys are unchanged).
     p = session.profile
-    oracle_key = {"oracle_images": [p.test_size, p.eval_size]} if getattr(config, "choice", None) == "oracle" else {}
+    oracle_key = {"oracle_images": [p.test_size, p.eval_size]} if oracle else {}
     fields = model_fields(
         session, "defended", attack=name, attack_config=bd.attack.config, defense=defense, config=config, **oracle_key
     )
-    model = model_for(session.profile, splits.spec, session.seed)
-    model, extras, info = session.cache.get_or_train(
-        "model", fields, model, fit, info=lambda: {"device": str(session.device), "threads": session.threads}
-    )
-    return Defended(_on_device(session, model), extras["record"], info, fields)
+    return _defended_cached(session, fields, run)
 
 
 def evaluate_cached(session: Session, fields: dict[str, Any], model: nn.Module, attack: Attack) -> dict[str, float]:
