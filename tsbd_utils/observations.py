@@ -61,6 +61,7 @@ class UnlearnConfig:
             weight_decay=0.0,
             schedule="constant",
             augment=self.augment,
+            amp=False,  # float32 on CUDA too, as the official code runs it
         )
 
 
@@ -316,3 +317,4 @@ def top_k_overlap(a: torch.Tensor, b: torch.Tensor, k: int) -> float:
     top_a = set(a.flatten().topk(k).indices.tolist())
     top_b = set(b.flatten().topk(k).indices.tolist())
     return len(top_a & top_b) / k
+

@@ -208,3 +208,80 @@ def scatter_with_fit(
             fontsize=8,
             bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8},
         )
+
+
+def rate_heatmap(ax, table, *, title: str, xlabel: str, ylabel: str, vmax: float = 100.0):
+    """A table of rates in percent (a pandas DataFrame) as an annotated heatmap; returns the image (for a colorbar)."""
+    import numpy as np
+
+    values = np.asarray(table, dtype=float)
+    image = ax.imshow(values, cmap="Reds", vmin=0, vmax=vmax, aspect="auto")
+    for (i, j), v in np.ndenumerate(values):
+        ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white" if v > 0.6 * vmax else "black")
+    ax.set_xticks(range(values.shape[1]), list(table.columns), rotation=40, ha="right", fontsize=8)
+    ax.set_yticks(range(values.shape[0]), list(table.index), fontsize=8)
+    ax.grid(False)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    return image
+
+
+def correlation_heatmap(ax, table, *, title: str, xlabel: str, ylabel: str, fmt: str = "{:.2f}"):
+    """A table of correlations in [-1, 1] (a pandas DataFrame) as an annotated diverging heatmap (0 is white).
+
+    NaN cells stay blank (grey). Returns the image, for a colorbar.
+    """
+    import numpy as np
+
+    values = np.asarray(table, dtype=float)
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.85")
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=-1, vmax=1, aspect="auto")
+    for (i, j), v in np.ndenumerate(values):
+        if np.isfinite(v):
+            colour = "white" if abs(v) > 0.6 else "black"
+            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=6, color=colour)
+    ax.set_xticks(range(values.shape[1]), list(table.columns), rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(values.shape[0]), list(table.index), fontsize=8)
+    ax.grid(False)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    return image
+
+
+_RATIO_STEPS = (
+    (1, 2, 5),
+    (1, 1.2, 1.5, 2, 3, 4, 5, 6, 8),
+    (1, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.8, 2, 2.5, 3, 4, 5, 6, 7, 8, 9),
+)
+
+
+def ratio_axis(ax, axis: str = "y") -> list[float]:
+    """Put ``axis`` of ``ax`` (already drawn) on a log scale labelled with plain ratios (x0.5, x1, x2, ...).
+
+    Ticks are taken from 1-2-5 steps, finer steps when the range is narrow (three rounded ratios when
+    even those leave fewer than three), within the current limits; returns them. A ratio axis on a log scale shows x2 and x0.5 as equally far from x1.
+    """
+    import math
+
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    if axis not in ("x", "y"):
+        raise ValueError(f"axis must be 'x' or 'y', got {axis!r}")
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+    low, high = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    decades = range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1)
+    ticks: list[float] = []
+    for steps in _RATIO_STEPS:
+        ticks = [round(m * 10**d, 10) for d in decades for m in steps if low <= m * 10**d <= high]
+        if len(ticks) >= 3:
+            break
+    else:  # a very narrow range: three ratios inside it, to two significant digits
+        inside = {float(f"{low * (high / low) ** q:.2g}") for q in (0.2, 0.5, 0.8)}
+        ticks = sorted(inside | ({1.0} if low <= 1 <= high else set()))
+    target.set_major_locator(FixedLocator(ticks))
+    target.set_major_formatter(FuncFormatter(lambda v, _: f"x{v:g}"))
+    target.set_minor_formatter(NullFormatter())
+    return ticks

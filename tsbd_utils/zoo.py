@@ -22,6 +22,7 @@ from .defenses import DEFENSES, OracleData, TSBDConfig, config_for
 from .models import count_parameters, model_for
 from .observations import UnlearnConfig, Unlearned, clean_unlearn, poison_unlearn
 from .session import Session
+from .shortcut import PhotometricConfig, PhotometricLift
 from .training import History, channels_last_safe, train
 
 UNLEARN_MODES = ("clean", "poison")
@@ -73,11 +74,16 @@ class Backdoored(Trained):
 
 
 def _train_cached(
-    session: Session, fields: dict[str, Any], train_one, attachments: dict[str, Any] | None = None
+    session: Session,
+    fields: dict[str, Any],
+    train_one,
+    attachments: dict[str, Any] | None = None,
+    seed: int | None = None,
 ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    """Build the profile's model and train it with ``train_one(model) -> (history, extras)``, through the cache."""
+    """Build the profile's model (initialised with ``seed``, default the session's) and train it with
+    ``train_one(model) -> (history, extras)``, through the cache."""
     splits = session.splits
-    model = model_for(session.profile, splits.spec, session.seed)
+    model = model_for(session.profile, splits.spec, session.seed if seed is None else seed)
     timing: dict[str, Any] = {}
 
     def fit(m: nn.Module) -> dict[str, Any]:
@@ -107,9 +113,17 @@ def _on_device(session: Session, model: nn.Module) -> nn.Module:
     return model.to(session.device)
 
 
-def clean_model(session: Session, progress: bool = True) -> Trained:
-    """The profile's clean model (no attack), trained once and then loaded from the cache."""
+def clean_model(session: Session, progress: bool = True, train_seed: int | None = None) -> Trained:
+    """The profile's clean model (no attack), trained once and then loaded from the cache.
+
+    ``train_seed`` (another value than the session's seed) trains a second, independent clean model
+    on the same images, with another initialisation and batch order: a control that tells a property
+    of clean models from the chance of one training run (notebook 01's trigger floor uses it).
+    """
+    if train_seed is not None and (not isinstance(train_seed, int) or isinstance(train_seed, bool) or train_seed < 0):
+        raise ValueError(f"train_seed must be None or an int >= 0, got {train_seed!r}")
     splits = session.splits
+    seed = session.seed if train_seed is None else train_seed
 
     def train_one(m: nn.Module):
         history = train(
@@ -117,15 +131,21 @@ def clean_model(session: Session, progress: bool = True) -> Trained:
             splits.train,
             session.profile.train,
             spec=splits.spec,
-            seed=session.seed,
+            seed=seed,
             device=session.device,
             progress=progress,
-            desc="clean model",
+            desc="clean model" if seed == session.seed else f"clean model (training seed {seed})",
         )
         return history, {}
 
-    model, extras, info = _train_cached(session, model_fields(session, "clean"), train_one)
+    model, extras, info = _train_cached(session, clean_fields(session, seed), train_one, seed=seed)
     return Trained(model, History.from_dict(extras["history"]), info)
+
+
+def clean_fields(session: Session, train_seed: int | None = None) -> dict[str, Any]:
+    """The cache key of :func:`clean_model`: the session's own keeps its key, a second one adds its training seed."""
+    seed = session.seed if train_seed is None else train_seed
+    return model_fields(session, "clean", **({} if seed == session.seed else {"train_seed": seed}))
 
 
 def attack_context(session: Session, progress: bool = True) -> AttackContext:
@@ -201,6 +221,19 @@ def evaluate(session: Session, model: nn.Module, attack: Attack) -> dict[str, fl
         "ra": metrics.robust_accuracy(pred_bd, y_true),
         "target_class_acc": metrics.accuracy(pred[on_target], test.y[on_target]),
     }
+
+
+def trigger_floor(session: Session, name: str, train_seed: int | None = None) -> dict[str, float]:
+    """:func:`evaluate` of a *clean* model (no backdoor) on attack ``name``'s triggered test images; cached.
+
+    Its ASR is the trigger's floor: the share of triggered images a model that never saw the trigger
+    already sends to the target. No defense can be expected to push the ASR below it. ``train_seed``
+    picks the second clean model of :func:`clean_model`.
+    """
+    clean = clean_model(session, progress=False, train_seed=train_seed)
+    bd = backdoored_model(session, name, progress=False)
+    trigger = model_fields(session, "backdoor", attack=name, attack_config=bd.attack.config)
+    return evaluate_cached(session, {**clean_fields(session, train_seed), "trigger": trigger}, clean.model, bd.attack)
 
 
 def unlearned_model(
@@ -287,6 +320,7 @@ def tsbd_model(
     config: TSBDConfig | None = None,
     curve_size: int = 0,
     ranking: str = "clean",
+    photometric: PhotometricConfig | None = None,
     progress: bool = False,
 ) -> Defended:
     """TSBD (or, with ``alpha=0``, stage 1 + vanilla fine-tuning) on attack ``name``'s model; cached.
@@ -295,6 +329,8 @@ def tsbd_model(
     ``ranking="poison"`` ranks neurons by *poison* unlearning instead, an oracle no defender has
     (it needs the trigger), used only to ask whether a failure comes from the ranking. ``curve_size
     > 0`` records ACC / ASR on subsets of that many images after every stage-2 epoch (in the record).
+    ``photometric`` fine-tunes with :class:`~tsbd_utils.shortcut.PhotometricLift` on the clean images:
+    a labelled variant that tests the background-shortcut explanation, not TSBD as published.
     """
     if ranking not in UNLEARN_MODES:
         raise ValueError(f"unknown ranking {ranking!r}; allowed: {', '.join(UNLEARN_MODES)}")
@@ -316,6 +352,7 @@ def tsbd_model(
             device=session.device,
             unlearned=unlearned,
             eval_fn=eval_fn,
+            batch_transform=PhotometricLift(photometric) if photometric is not None else None,
             progress=progress,
         )
 
@@ -327,6 +364,7 @@ def tsbd_model(
         tsbd=config,
         curve_size=curve_size,
         **({"ranking": ranking} if ranking != "clean" else {}),  # TSBD's own entries keep their keys
+        **({"photometric": photometric} if photometric is not None else {}),
     )
     return _defended_cached(session, fields, run)
 

@@ -37,7 +37,7 @@ from torch import nn
 from ..config import Profile, TrainConfig
 from ..data import DatasetSpec, ImageData
 from ..observations import UnlearnConfig, Unlearned, clean_unlearn, flatten_layers, nwc_layers, weight_changes
-from ..training import History, Step, train
+from ..training import BatchTransform, History, Step, train
 from .base import DEFENSE_CONFIGS, DEFENSES, DefenseResult
 from .common import capped_epochs
 
@@ -99,6 +99,7 @@ class TSBDConfig:
             weight_decay=0.0,
             schedule="constant",
             augment=True,
+            amp=False,  # float32 on CUDA too, as the official code runs it
         )
 
 
@@ -279,12 +280,15 @@ def activeness_aware_finetune(
     seed: int,
     device: str | torch.device = "cpu",
     eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+    batch_transform: BatchTransform | None = None,
     progress: bool = False,
 ) -> History:
     """Stage 2 in place on ``model``: ``config.epochs`` epochs of :class:`ActivenessAwareStep`.
 
     ``config.alpha = 0`` is the vanilla fine-tuning of the paper's Table 4 (same loop, plain steps).
-    ``eval_fn`` (for curves) is called after each epoch.
+    ``eval_fn`` (for curves) is called after each epoch. ``batch_transform`` changes every clean
+    batch after the usual crop and flip (a labelled variant, such as
+    :class:`~tsbd_utils.shortcut.PhotometricLift`; the official method has none).
     """
     return train(
         model,
@@ -295,6 +299,7 @@ def activeness_aware_finetune(
         device=device,
         step=ActivenessAwareStep(config.radius, config.alpha),
         eval_fn=eval_fn,
+        batch_transform=batch_transform,
         progress=progress,
         desc="activeness-aware fine-tuning" if config.alpha > 0 else "vanilla fine-tuning",
     )
@@ -318,12 +323,14 @@ def defend(
     device: str | torch.device = "cpu",
     unlearned: Unlearned | None = None,
     eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+    batch_transform: BatchTransform | None = None,
     progress: bool = False,
 ) -> DefenseResult:
     """TSBD on ``model`` with the defender's ``clean`` images; ``model`` is left as it was.
 
     ``unlearned`` reuses a clean-unlearning run of the same model (notebooks cache it); otherwise
-    stage 1 runs it here.
+    stage 1 runs it here. ``batch_transform`` is passed to stage 2 only (see
+    :func:`activeness_aware_finetune`): a labelled variant, not the official method.
     """
     config = config or TSBDConfig()
     if unlearned is None:
@@ -337,7 +344,15 @@ def defend(
         )
     repaired, stage1 = zero_reinit(model, unlearned.model, config.neuron_ratio, config.weight_ratio)
     history = activeness_aware_finetune(
-        repaired, clean, config, spec=spec, seed=seed, device=device, eval_fn=eval_fn, progress=progress
+        repaired,
+        clean,
+        config,
+        spec=spec,
+        seed=seed,
+        device=device,
+        eval_fn=eval_fn,
+        batch_transform=batch_transform,
+        progress=progress,
     )
     record = {
         "unlearn_epochs": unlearned.epochs,
