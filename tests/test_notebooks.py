@@ -52,32 +52,71 @@ EXPECTED: dict[str, dict] = {
             and r["attacks"]["wanet"]["poisoned"] == r["attacks"]["inputaware"]["poisoned"] == 0
             and r["attacks"]["ssba"]["psnr"] >= 26
             and r["attacks"]["badnets"]["linf"] >= 0.9
+            and 0 <= r["second_clean_acc"] <= 1
+            and all(0 <= a[f] <= 1 for a in r["attacks"].values() for f in ("floor_asr", "floor_asr_second_clean"))
         ),
     },
     "02": {
-        "figures": ["nwc_scatter_last_layer", "nwc_scatter_all_layers", "top_k_overlap"],
+        "figures": ["nwc_scatter_last_layer", "nwc_scatter_all_layers", "per_layer_correlation", "top_k_overlap"],
         "results": lambda r: (
             list(r["attacks"]) == ALL_ATTACKS
             and r["layer"] == "layer4.1.conv2"
+            and len(r["layers"]) == 17 and r["layers"][-1] == "layer4.1.conv2" and r["neurons"] == 244  # width 4
+            and r["stage1_share"] == 0.25 and r["shuffle_draws"] == 50
             and all(
                 -1 <= a[w][c] <= 1
                 for a in r["attacks"].values()
-                for w in ("last_layer", "all_layers")
+                for w in ("last_layer", "all_layers", "all_layers_log10", "standardized")
                 for c in ("pearson", "spearman")
             )
+            and all(0 < a["all_layers_log10"]["kept"] <= 244 for a in r["attacks"].values())
+            # per layer: every conv layer, a coefficient in [-1, 1] (None only for a layer that did not move)
+            and all(list(a["per_layer"]) == r["layers"] for a in r["attacks"].values())
+            and all(
+                v is None or -1 <= v <= 1
+                for a in r["attacks"].values()
+                for c in a["per_layer"].values()
+                for v in c.values()
+            )
+            and all(0 <= a["per_layer_spearman_positive"] <= 17 for a in r["attacks"].values())
+            and all(0 <= a["stage1_shuffles_beaten"] <= 50 for a in r["attacks"].values())
             and all(
                 1 <= a["clean_unlearn_epochs"] <= 3 and 1 <= a["poison_unlearn_epochs"] <= 3
                 for a in r["attacks"].values()
             )
             and all(0 <= v <= 1 for a in r["attacks"].values() for v in a["top_k_overlap"].values())
+            # the layer-preserving baseline at every share of the overlap, and the range of its shuffles
+            and all(
+                list(a["top_k_layer_preserving"]) == list(a["top_k_overlap"]) == list(a["top_k_shuffle_range"])
+                and "0.25" in a["top_k_overlap"]
+                and all(0 <= v <= 1 for v in a["top_k_layer_preserving"].values())
+                and all(0 <= lo <= hi <= 1 for lo, hi in a["top_k_shuffle_range"].values())
+                for a in r["attacks"].values()
+            )
         ),
     },
     "03": {
-        "figures": ["activeness_sorted", "activeness_ratio"],
+        "figures": ["activeness_sorted", "activeness_ratio", "activeness_vs_start_loss"],
         "results": lambda r: (
             list(r["attacks"]) == ALL_ATTACKS
             and r["clean_mean"] > 0
             and all(a["ratio"] > 0 and 0 <= a["ranks_above_clean"] <= 1 for a in r["attacks"].values())
+            # the control: a second clean model (training seed 1), and the band it spans around 1
+            and r["second_clean"]["train_seed"] == 1
+            and r["second_clean"]["ratio"] > 0 and 0 <= r["second_clean"]["ranks_above_clean"] <= 1
+            and 0 < r["control_band"][0] <= 1 <= r["control_band"][1]
+            and abs(r["control_band"][0] * r["control_band"][1] - 1) < 1e-9
+            and all(a["above_control_band"] == (a["ratio"] > r["control_band"][1]) for a in r["attacks"].values())
+            # each model's starting point on the clean images
+            and all(
+                s["loss"] >= 0 and 0 <= s["acc"] <= 1
+                for s in [r["clean_start"], r["second_clean"]["start"], *(a["start"] for a in r["attacks"].values())]
+            )
+            and -1 <= r["start_loss_ratio_spearman"] <= 1
+            and r["wanet"]["others"] == 7 and 0 <= r["wanet"]["below_others"] <= 7
+            and r["wanet"]["smallest"] == (r["wanet"]["below_others"] == 7)
+            and r["sig_explanation_supported"] in (True, False, None)  # None: SIG inside the band, nothing to explain
+            and (r["sig_explanation_supported"] is None) == (not r["attacks"]["sig"]["above_control_band"])
         ),
     },
     "04": {
@@ -85,17 +124,32 @@ EXPECTED: dict[str, dict] = {
         "results": lambda r: (
             r["neuron_ratio"] == 0.25
             and r["rule_choice"] in (0.01, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 0.9)
-            and len(r["sweep"]) == 8 * 6 * 2
+            and len(r["sweep"]) == 8 * 7 * 2  # grid n: 0.05, 0.1, 0.2, 0.25 (the profile's), 0.3, 0.4, 0.5
             and all(0 <= row["acc"] <= 1 and 0 <= row["asr"] <= 1 for row in r["sweep"])
+            and r["neuron_ratio"] in {row["n"] for row in r["sweep"]}
+            and all(row["collapsed"] == (row["acc"] < r["near_chance_acc"]) for row in r["sweep"])
+            and len(r["stage1_alone"]) == 8 * 2
         ),
     },
     "05": {
-        "figures": ["finetune_curves", "tsbd_results"],
+        "figures": [
+            "finetune_curves", "tsbd_results", "shortcut_backdoored", "shortcut_after_tsbd", "shortcut_layers",
+            "photometric_variant",
+        ],
         "results": lambda r: (
             list(r["attacks"]) == ALL_ATTACKS
             and r["config"]["epochs"] == 2
             and all(len(c[k]) == 2 for c in r["curves"].values() for k in ("vanilla", "tsbd"))
             and all(0 <= a["asr_tsbd"] <= 1 and 0 <= a["der_tsbd"] <= 1 for a in r["attacks"].values())
+            # the shortcut tables: two clean models and eight backdoored ones, every generic perturbation
+            and len(r["shortcut"]["generic_before"]) == len(r["shortcut"]["cross_before"]) == 10
+            and all(len(row) == 8 for row in r["shortcut"]["generic_before"].values())
+            and all(len(row) == 8 for row in r["shortcut"]["cross_after_tsbd"].values())
+            and len(r["shortcut"]["response_ratio"]) == 8 and len(r["shortcut"]["stage1_share"]) == 8
+            and list(r["photometric"]["attacks"]) == ALL_ATTACKS
+            and all(0 <= a["asr_tsbd_plus_lift"] <= 1 and 0 <= a["acc_vanilla_ft_plus_lift"] <= 1
+                    for a in r["photometric"]["attacks"].values())
+            and r["photometric"]["config"] == {"prob": 0.5, "max_offset": 0.3, "max_blend": 0.3}
         ),
     },
     "06": {

@@ -39,6 +39,10 @@ def test_quick_attacks_reach_their_targets(tmp_path, cache_dir):
         if name != "sig":
             assert results["clean_acc"] - r["acc"] <= 0.02, (name, r["acc"])
     assert results["attacks"]["sig"]["target_class_acc"] < 0.5  # clean-label SIG costs the target class, by design
+    # The floor: no trigger fools a clean model much. Measured (seed 0): at most 4.2% on the clean model and 11.8%
+    # (LF) on the second one; LF's earlier signed pattern, fitted on the first model, reached 23% on both.
+    for name, r in results["attacks"].items():
+        assert r["floor_asr"] <= 0.10 and r["floor_asr_second_clean"] <= 0.15, (name, r["floor_asr"])
 
 
 @pytest.mark.slow
