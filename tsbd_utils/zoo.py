@@ -295,7 +295,7 @@ def curve_eval(session: Session, attack: Attack, size: int):
     """An ``eval_fn`` for per-epoch curves: ACC and ASR on seeded subsets of ``size`` images each.
 
     Subsets keep the curves cheap (two small forward passes per epoch); final numbers always come
-    from :func:`evaluate` on the full test sets.
+    from :func:`evaluate` on :func:`evaluation_set`.
     """
     test = session.splits.test
     x_bd, _ = attack.backdoor_test(test)
@@ -428,7 +428,7 @@ def defended_model(session: Session, name: str, defense: str, config: Any = None
 
 
 def evaluate_cached(session: Session, fields: dict[str, Any], model: nn.Module, attack: Attack) -> dict[str, float]:
-    """:func:`evaluate` of the model whose cache key is ``fields``, itself cached (notebook 07 reuses it)."""
+    """:func:`evaluate` of the model whose cache key is ``fields``, itself cached (later notebooks reuse it)."""
     p = session.profile
     key = {"model": fields, "test_size": p.test_size, "attack": attack.name}
     if p.eval_size is not None:

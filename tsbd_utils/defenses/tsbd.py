@@ -14,7 +14,7 @@ The defender holds the backdoored model and 5% clean training data; no poisoned 
 
 Choice of n. The official code sweeps n in {0.01, ..., 0.9} and never picks one. The suite fixes
 one n per profile (:data:`NEURON_RATIO`), the same for every attack, chosen with clean data only
-(see :func:`clean_criterion` and notebook 04); notebook 08 shows the whole sweep.
+(see :func:`choose_neuron_ratio` and notebook 04, which also shows a sweep of n).
 
 Example:
     >>> result = DEFENSES["tsbd"](model, splits.clean, TSBDConfig.for_profile(profile),
