@@ -56,9 +56,11 @@ def lf_context():
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(96, 1, 28, 28, generator=g) * 255).to(torch.uint8)
     y = torch.arange(96) % 10
-    model = models.build_model("preactresnet18", num_classes=10, in_channels=1, width=2, mean=(0.3,), std=(0.3,), seed=0)
+    model = models.build_model(
+        "preactresnet18", num_classes=10, in_channels=1, width=2, mean=(0.3,), std=(0.3,), seed=0
+    ).eval()
     profile = config.resolve("smoke")
-    return AttackContext(spec=spec, train=data.ImageData(x, y), profile=profile, seed=0, clean_model=lambda: model.eval())
+    return AttackContext(spec=spec, train=data.ImageData(x, y), profile=profile, seed=0, clean_model=lambda: model)
 
 
 def test_lf_pattern_only_brightens_within_its_bound_and_is_smooth(lf_context):
@@ -160,12 +162,15 @@ def test_stage_2_passes_every_clean_batch_through_the_lift(tiny_images):
             return super().__call__(xb, yb, generator)
 
     spec = dataclasses.replace(data.DATASETS["fashion_mnist"], mean=(0.3,), std=(0.3,), crop_pad=1)
-    model = models.build_model("preactresnet18", num_classes=2, in_channels=1, width=2, mean=(0.3,), std=(0.3,), seed=0)
-    cfg = TSBDConfig(epochs=2, batch_size=16)
-    plain = activeness_aware_finetune(models.build_model(
-        "preactresnet18", num_classes=2, in_channels=1, width=2, mean=(0.3,), std=(0.3,), seed=0), data.ImageData(x, y),
-        cfg, spec=spec, seed=0)
-    lifted = activeness_aware_finetune(model, data.ImageData(x, y), cfg, spec=spec, seed=0, batch_transform=Counting())
+
+    def tiny():
+        return models.build_model(
+            "preactresnet18", num_classes=2, in_channels=1, width=2, mean=(0.3,), std=(0.3,), seed=0
+        )
+
+    cfg, clean = TSBDConfig(epochs=2, batch_size=16), data.ImageData(x, y)
+    plain = activeness_aware_finetune(tiny(), clean, cfg, spec=spec, seed=0)
+    lifted = activeness_aware_finetune(tiny(), clean, cfg, spec=spec, seed=0, batch_transform=Counting())
     assert Counting.calls == 2 * 4  # 2 epochs of 64 / 16 batches
     assert plain.epochs[-1]["loss"] != lifted.epochs[-1]["loss"]  # the lift changed what the model saw
 

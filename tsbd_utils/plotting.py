@@ -218,12 +218,7 @@ def rate_heatmap(ax, table, *, title: str, xlabel: str, ylabel: str, vmax: float
     image = ax.imshow(values, cmap="Reds", vmin=0, vmax=vmax, aspect="auto")
     for (i, j), v in np.ndenumerate(values):
         ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white" if v > 0.6 * vmax else "black")
-    ax.set_xticks(range(values.shape[1]), list(table.columns), rotation=40, ha="right", fontsize=8)
-    ax.set_yticks(range(values.shape[0]), list(table.index), fontsize=8)
-    ax.grid(False)
-    ax.set_title(title, fontsize=10)
-    ax.set_xlabel(xlabel, fontsize=9)
-    ax.set_ylabel(ylabel, fontsize=9)
+    _label_table_axes(ax, table, title=title, xlabel=xlabel, ylabel=ylabel, rotation=40, fontsize=8)
     return image
 
 
@@ -241,13 +236,18 @@ def correlation_heatmap(ax, table, *, title: str, xlabel: str, ylabel: str, fmt:
         if np.isfinite(v):
             colour = "white" if abs(v) > 0.6 else "black"
             ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=6, color=colour)
-    ax.set_xticks(range(values.shape[1]), list(table.columns), rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(values.shape[0]), list(table.index), fontsize=8)
+    _label_table_axes(ax, table, title=title, xlabel=xlabel, ylabel=ylabel, rotation=60, fontsize=7)
+    return image
+
+
+def _label_table_axes(ax, table, *, title: str, xlabel: str, ylabel: str, rotation: int, fontsize: int) -> None:
+    """Ticks from a DataFrame's columns (x) and index (y), no grid, title and axis labels: the heatmaps' frame."""
+    ax.set_xticks(range(table.shape[1]), list(table.columns), rotation=rotation, ha="right", fontsize=fontsize)
+    ax.set_yticks(range(table.shape[0]), list(table.index), fontsize=8)
     ax.grid(False)
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel, fontsize=9)
     ax.set_ylabel(ylabel, fontsize=9)
-    return image
 
 
 _RATIO_STEPS = (
@@ -261,7 +261,8 @@ def ratio_axis(ax, axis: str = "y") -> list[float]:
     """Put ``axis`` of ``ax`` (already drawn) on a log scale labelled with plain ratios (x0.5, x1, x2, ...).
 
     Ticks are taken from 1-2-5 steps, finer steps when the range is narrow (three rounded ratios when
-    even those leave fewer than three), within the current limits; returns them. A ratio axis on a log scale shows x2 and x0.5 as equally far from x1.
+    even those leave fewer than three), within the current limits; returns them. A ratio axis on a log
+    scale shows x2 and x0.5 as equally far from x1.
     """
     import math
 

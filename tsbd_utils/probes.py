@@ -32,7 +32,14 @@ def probe_images(session: Session, target: int = 0, size: int = PROBE_IMAGES) ->
 
 def _probe_key(session: Session, fields: dict[str, Any], what: str, extra: Any, size: int) -> dict[str, Any]:
     p = session.profile
-    return {"probe": what, "model": fields, "extra": extra, "size": size, "test_size": p.test_size, "eval_size": p.eval_size}
+    return {
+        "probe": what,
+        "model": fields,
+        "extra": extra,
+        "size": size,
+        "test_size": p.test_size,
+        "eval_size": p.eval_size,
+    }
 
 
 def generic_rates(
