@@ -49,12 +49,20 @@ def test_quick_attacks_reach_their_targets(tmp_path, cache_dir):
 def test_quick_observations_hold(tmp_path, cache_dir):
     """Notebooks 02 and 03: both observations of the paper hold for every attack on the quick setting."""
     obs1 = run_quick("02_observation1_weight_changes.ipynb", tmp_path / "o1", cache_dir)
+    # Measured (seed 0): last-layer Pearson 0.40-0.92, standardized per layer 0.23-0.49, per-layer Spearman above
+    # 0 in 12-17 of 17 layers; at the top 10% the overlap beats the layer-preserving expectation by 0.22-0.47.
     for name, r in obs1["attacks"].items():
         assert r["clean_unlearn_reached"] and r["poison_unlearn_reached"], name
         assert r["last_layer"]["pearson"] > 0.3 and r["all_layers"]["pearson"] > 0.5, (name, r)
-        assert r["top_k_overlap"]["0.2"] > 0.4, (name, r["top_k_overlap"])  # 0.2 if the rankings were unrelated
+        assert r["standardized"]["pearson"] > 0.1, (name, r["standardized"])  # within layers, not only between
+        assert r["per_layer_spearman_positive"] >= 10, (name, r["per_layer_spearman_positive"])
+        overlap, expected = r["top_k_overlap"]["0.1"], r["top_k_layer_preserving"]["0.1"]
+        assert overlap >= expected + 0.1, (name, overlap, expected)  # neurons, not just their layers
+    # Measured: two clean models differ by x1.04; the backdoored models are x1.74 (Blended) to x7.44 (SIG).
     obs2 = run_quick("03_observation2_activeness.ipynb", tmp_path / "o2", cache_dir)
-    assert all(r["ratio"] > 1.2 for r in obs2["attacks"].values()), obs2["attacks"]
+    band = obs2["control_band"]
+    assert band[1] < 1.2, band
+    assert all(r["ratio"] > 1.2 and r["above_control_band"] for r in obs2["attacks"].values()), obs2["attacks"]
 
 
 @pytest.mark.slow
