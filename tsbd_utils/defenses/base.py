@@ -2,8 +2,8 @@
 
 A defense is a function ``defend(model, clean, config=None, *, spec, seed, device, ...)`` that
 takes a backdoored model and the defender's clean images and returns a :class:`DefenseResult`.
-It never modifies the model it is given. ``spec`` (the dataset: augmentation, classes) extends
-the call shape of DESIGN 2a, since every defense that fine-tunes needs the dataset's augmentation.
+It never modifies the model it is given. ``spec`` (the dataset: augmentation, classes) is part of
+every call, since every defense that fine-tunes needs the dataset's augmentation.
 """
 
 from __future__ import annotations
