@@ -150,7 +150,7 @@ PROFILES.register(
         defense_scale=0.1,
         eval_size=5000,
         unlearn_cap=200,  # clean unlearning at lr 1e-4 needed 53-96 epochs in calibration
-        description="make reproduce on a CPU: real results on Fashion-MNIST in about 80 minutes on 2 cores",
+        description="make reproduce on a CPU: real results on Fashion-MNIST in about 90 minutes on 2 cores",
     ),
 )
 
