@@ -1,10 +1,24 @@
-"""The set-up files agree with each other: pins, environment.yml, Makefile, CI, README."""
+"""The set-up files agree with each other (pins, environment.yml, Makefile, CI, README), and the package
+installs as a user gets it: a built wheel, not the editable install that ``make`` uses.
+
+An editable install imports from the source tree, so it hides a wheel that leaves files out (a
+package list naming only the top package once shipped neither ``attacks`` nor ``defenses``).
+"""
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import textwrap
 import tomllib
+import zipfile
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,8 +54,8 @@ def test_environment_yml_matches_pyproject():
     assert "  - python=3.11" in text and "      - -e ." in text
 
 
-def test_package_is_listed_explicitly_and_importable():
-    assert pyproject()["tool"]["setuptools"]["packages"] == ["tsbd_utils"]
+def test_every_subpackage_is_found_and_importable():
+    assert pyproject()["tool"]["setuptools"]["packages"]["find"]["include"] == ["tsbd_utils*"]
     import tsbd_utils
 
     assert tsbd_utils.__version__ == pyproject()["project"]["version"]
@@ -72,3 +86,71 @@ def test_nothing_names_a_machine_path():
             except UnicodeDecodeError:
                 continue
             assert not any(f in text for f in forbidden), path
+
+
+# Every registry of the package, and the entries a user of the course relies on.
+IMPORT_REGISTRIES = textwrap.dedent(
+    """
+    import json, tsbd_utils
+    from tsbd_utils.attacks import ATTACKS
+    from tsbd_utils.config import PROFILES
+    from tsbd_utils.datasets import DATASETS
+    from tsbd_utils.defenses import DEFENSE_CONFIGS, DEFENSES
+    from tsbd_utils.models import MODELS
+    from tsbd_utils.schedules import SCHEDULES
+    from tsbd_utils.shortcut import PERTURBATIONS
+    registries = dict(attacks=ATTACKS, profiles=PROFILES, datasets=DATASETS, defenses=DEFENSES,
+                      defense_configs=DEFENSE_CONFIGS, models=MODELS, schedules=SCHEDULES,
+                      perturbations=PERTURBATIONS)
+    print(json.dumps({"file": tsbd_utils.__file__, **{k: sorted(v) for k, v in registries.items()}}))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """A wheel built from a copy of the project (the source tree gets no build/ or egg-info)."""
+    src = tmp_path_factory.mktemp("src")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "tsbd_utils", src / "tsbd_utils", ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path_factory.mktemp("dist")
+    # PEP 517 directly, without pip's build isolation: no download, the pinned setuptools of the test extra.
+    subprocess.run(
+        [sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_wheel({str(out)!r})"],
+        cwd=src, check=True, capture_output=True, text=True,
+    )
+    (built,) = out.glob("tsbd_utils-*.whl")
+    return built
+
+
+def test_wheel_ships_every_module(wheel):
+    shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("tsbd_utils/")}
+    expected = {p.relative_to(ROOT).as_posix() for p in (ROOT / "tsbd_utils").rglob("*.py")}
+    assert expected <= shipped, sorted(expected - shipped)
+    assert {"tsbd_utils/attacks/__init__.py", "tsbd_utils/defenses/__init__.py"} <= shipped
+
+
+def test_installed_wheel_imports_every_registry(wheel, tmp_path):
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--quiet", "--disable-pip-version-check",
+         "--target", str(target), str(wheel)],
+        check=True, capture_output=True, text=True,
+    )
+    # A fresh interpreter that sees the installed wheel and the pinned dependencies, nothing else: -S skips the
+    # site hooks (the editable install's finder among them), and the working folder is not the project.
+    deps = sysconfig.get_paths()["purelib"]
+    run = subprocess.run(
+        [sys.executable, "-S", "-c", IMPORT_REGISTRIES],
+        cwd=tmp_path, env={"PYTHONPATH": f"{target}:{deps}", "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    found = json.loads(run.stdout.strip().splitlines()[-1])
+    assert Path(found.pop("file")).is_relative_to(target)
+    assert len(found["attacks"]) == 8, found["attacks"]
+    assert {"ft", "fp", "nad", "nc", "anp", "clp", "ibau", "rnp", "tsbd"} <= set(found["defenses"])
+    assert set(found["defense_configs"]) == set(found["defenses"])
+    assert {"smoke", "quick", "paper"} <= set(found["profiles"])
+    assert all(found.values()), found
