@@ -50,6 +50,9 @@ def test_overrides_apply_and_none_keeps_the_default():
         ({"clean_ratio": 5}, r"clean_ratio must be in \(0, 1\), got 5"),
         ({"width": 0}, r"width must be an int > 0, got 0"),
         ({"eval_size": 0}, r"eval_size must be None or an int > 0, got 0"),
+        ({"unlearn_lr": 0}, r"unlearn_lr must be > 0, got 0"),
+        ({"tsbd_neuron_ratio": 1.5}, r"tsbd_neuron_ratio must be in \(0, 1\), got 1.5"),
+        ({"anp_iterations": 0}, r"anp_iterations must be None or an int > 0, got 0"),
     ],
 )
 def test_bad_overrides_fail_with_the_allowed_values(overrides, message):

@@ -210,6 +210,6 @@ def test_oracle_choice_needs_the_oracle_data_and_uses_it():
 
 def test_profiles_scale_the_iterations():
     assert ANPConfig.for_profile(PROFILES["paper"]).iterations == 2000
-    assert ANPConfig.for_profile(PROFILES["quick"]).iterations == 40  # anp.ITERATIONS
+    assert ANPConfig.for_profile(PROFILES["quick"]).iterations == 40  # Profile.anp_iterations
     assert ANPConfig.for_profile(PROFILES["smoke"]).iterations == 2
     assert ANPConfig.for_profile(PROFILES["quick"], choice="oracle").choice == "oracle"

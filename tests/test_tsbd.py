@@ -217,11 +217,34 @@ def test_the_n_rule_takes_the_smallest_ratio_that_costs_a_third_of_the_clean_acc
 
 def test_tsbd_config_follows_the_profile():
     from tsbd_utils.config import resolve
-    from tsbd_utils.defenses.tsbd import NEURON_RATIO
 
     smoke, quick, paper = (TSBDConfig.for_profile(resolve(p)) for p in ("smoke", "quick", "paper"))
     assert (smoke.epochs, quick.epochs, paper.epochs) == (2, 21, 21)
-    assert quick.neuron_ratio == NEURON_RATIO["quick"] and quick.weight_ratio == 0.7
+    assert quick.neuron_ratio == 0.25 and quick.weight_ratio == 0.7
+    assert resolve("quick", tsbd_neuron_ratio=0.3).tsbd_neuron_ratio == 0.3
+    assert TSBDConfig.for_profile(resolve("quick", tsbd_neuron_ratio=0.3)).neuron_ratio == 0.3
     assert (quick.unlearn.max_epochs, paper.unlearn.max_epochs) == (200, 1000)
     assert (quick.radius, quick.alpha, quick.lr, quick.momentum, quick.batch_size) == (0.05, 0.7, 0.01, 0.9, 256)
     assert TSBDConfig.for_profile(resolve("quick"), alpha=0.0).alpha == 0.0
+
+
+@pytest.mark.parametrize("profile", ["smoke", "quick", "paper"])
+def test_notebooks_zoo_and_direct_calls_get_one_setting(profile):
+    """Profile-dependent values live in the profile: the zoo (notebooks), the defense's own for_profile and the
+    config registry give TSBD and ANP the same settings."""
+    from tsbd_utils import zoo
+    from tsbd_utils.config import PROFILES
+    from tsbd_utils.defenses import ANPConfig, config_for
+    from tsbd_utils.observations import UnlearnConfig
+
+    p = PROFILES[profile]
+    tsbd = TSBDConfig.for_profile(p)
+    assert tsbd == config_for("tsbd", p)
+    assert tsbd.unlearn == zoo.unlearn_config(p, "clean") == UnlearnConfig.for_profile(p)
+    assert (tsbd.unlearn.lr, tsbd.unlearn.max_epochs, tsbd.neuron_ratio) == (p.unlearn_lr, p.unlearn_cap,
+                                                                              p.tsbd_neuron_ratio)
+    poison = zoo.unlearn_config(p, "poison")
+    assert (poison.lr, poison.max_epochs, poison.augment) == (p.unlearn_lr, p.unlearn_cap, False)
+    assert ANPConfig.for_profile(p) == config_for("anp", p)
+    with pytest.raises(ValueError, match="allowed: clean, poison"):
+        UnlearnConfig.for_profile(p, "dirty")

@@ -29,10 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import metrics
-from .config import TrainConfig
+from .config import Profile, TrainConfig
 from .data import DatasetSpec, ImageData
 from .training import History, Step, train
 
+UNLEARN_MODES = ("clean", "poison")
 RECORD_LAYER = "layer4.1.conv2"  # the paper's recorded layer: PreActResNet18's last conv (8w neurons)
 
 
@@ -51,6 +52,14 @@ class UnlearnConfig:
             raise ValueError(
                 f"invalid unlearning config {self}: need lr > 0, momentum in [0, 1), batch_size > 0, max_epochs > 0"
             )
+
+    @classmethod
+    def for_profile(cls, profile: Profile, mode: str = "clean") -> UnlearnConfig:
+        """The profile's unlearning (``Profile.unlearn_lr``, ``unlearn_cap``) for ``mode`` ``"clean"`` (TSBD's
+        stage 1, with the training augmentation) or ``"poison"`` (on backdoor *test* images: no augmentation)."""
+        if mode not in UNLEARN_MODES:
+            raise ValueError(f"unknown unlearning mode {mode!r}; allowed: {', '.join(UNLEARN_MODES)}")
+        return cls(lr=profile.unlearn_lr, max_epochs=profile.unlearn_cap, augment=mode == "clean")
 
     def train_config(self, epochs: int | None = None) -> TrainConfig:
         return TrainConfig(

@@ -20,25 +20,16 @@ from .config import Profile
 from .data import ImageData, seeded_subset
 from .defenses import DEFENSES, OracleData, TSBDConfig, config_for
 from .models import count_parameters, model_for
-from .observations import UnlearnConfig, Unlearned, clean_unlearn, poison_unlearn
+from .observations import UNLEARN_MODES, UnlearnConfig, Unlearned, clean_unlearn, poison_unlearn
 from .session import Session
 from .shortcut import PhotometricConfig, PhotometricLift
 from .training import History, channels_last_safe, train
 
-UNLEARN_MODES = ("clean", "poison")
-# The quick and smoke profiles unlearn at 10x the official rate: on the quick setting clean
-# unlearning then stops after ~13 epochs instead of ~75 (5x less time), and TSBD's result is the
-# same within 1.5 points (BadNets, n 0.2 / 0.3: ASR after TSBD 24.2 / 8.6, vs 24.8 / 7.1 at 1e-4).
-UNLEARN_LR = {"smoke": 1e-3, "quick": 1e-3}
 
 
 def unlearn_config(profile: Profile, mode: str = "clean") -> UnlearnConfig:
-    """The profile's unlearning: the official settings, its epoch cap, its lr (see ``UNLEARN_LR``)."""
-    return UnlearnConfig(
-        lr=UNLEARN_LR.get(profile.name, UnlearnConfig.lr),
-        max_epochs=profile.unlearn_cap,
-        augment=mode == "clean",  # poison unlearning runs on the backdoor *test* images: no augmentation
-    )
+    """The profile's unlearning (:meth:`UnlearnConfig.for_profile`: ``Profile.unlearn_lr`` and ``unlearn_cap``)."""
+    return UnlearnConfig.for_profile(profile, mode)
 
 
 def model_fields(session: Session, role: str, **extra: Any) -> dict[str, Any]:
@@ -334,7 +325,7 @@ def tsbd_model(
     """
     if ranking not in UNLEARN_MODES:
         raise ValueError(f"unknown ranking {ranking!r}; allowed: {', '.join(UNLEARN_MODES)}")
-    config = config or TSBDConfig.for_profile(session.profile, unlearn=unlearn_config(session.profile))
+    config = config or TSBDConfig.for_profile(session.profile)
     bd = backdoored_model(session, name, progress=progress)
     splits = session.splits
 

@@ -67,7 +67,7 @@ class InputAware(Attack):
             torch.manual_seed(context.seed)
             self.pattern_net, self.mask_net = (net.to(context.device) for net in self._nets())
         # Scaled like the defenses' epochs (quick: 5): fewer left the masks at twice the density asked for.
-        epochs = max(1, round(self.config.mask_epochs * context.profile.epoch_scale))
+        epochs = context.profile.scale_epochs(self.config.mask_epochs)
         self._train_masks(context, epochs)
 
     def pattern(self, x: torch.Tensor) -> torch.Tensor:

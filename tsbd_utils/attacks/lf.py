@@ -89,7 +89,7 @@ class LF(Attack):
     config_class = LFConfig
 
     def _prepare(self, context: AttackContext) -> None:
-        steps = max(1, round(self.config.steps * context.profile.epoch_scale))
+        steps = context.profile.scale_epochs(self.config.steps)
         fields = {"resource": "lf-pattern", "config": self.config, "steps": steps}
         self.state = {
             "pattern": context.cached("resource", fields, lambda: {"pattern": self._fit(context, steps)})["pattern"]

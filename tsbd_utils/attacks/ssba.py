@@ -70,7 +70,7 @@ class SSBA(Attack):
         return SecretEncoder(c, h, self.config.bits, self.config.width, self.config.max_residual)
 
     def _prepare(self, context: AttackContext) -> None:
-        steps = max(1, round(self.config.steps * context.profile.epoch_scale))
+        steps = context.profile.scale_epochs(self.config.steps)
         fields = {"resource": "ssba-encoder", "config": self.config, "steps": steps}
         state = context.cached("resource", fields, lambda: self._fit(context, steps))
         secret = torch.randint(0, 2, (1, self.config.bits), generator=generator(context.seed, "ssba-secret"))

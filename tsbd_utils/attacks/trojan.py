@@ -38,7 +38,7 @@ class Trojan(Attack):
 
     def _prepare(self, context: AttackContext) -> None:
         mask = corner_mask(self.shape, self.config.mask_size)
-        iterations = max(1, round(self.config.iterations * context.profile.epoch_scale))
+        iterations = context.profile.scale_epochs(self.config.iterations)
         fields = {"resource": "trojan-trigger", "config": self.config, "iterations": iterations}
         fitted = context.cached("resource", fields, lambda: self._fit(context, mask, iterations))
         self.state = {"mask": mask, "pattern": fitted["pattern"]}

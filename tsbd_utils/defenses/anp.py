@@ -68,11 +68,6 @@ from .masks import (
     pruning_record,
 )
 
-# Mask iterations per profile where defense_scale alone is too costly: an ANP iteration is three
-# forward and two backward passes (~0.65 s at quick on 2 cores), so quick's scaled 200 would cost
-# ~135 s per model; 40 (~30 s) gave the same picture on BadNets (ASR 100 -> 6.3% at 40, 4.9% at 200).
-ITERATIONS: dict[str, int] = {"quick": 40}
-
 LOG_CHUNKS = 4  # BackdoorBench logs every 500 of its 2000 iterations: four averages per run
 
 
@@ -109,8 +104,8 @@ class ANPConfig:
     @classmethod
     def for_profile(cls, profile: Profile, **overrides: Any) -> ANPConfig:
         """BackdoorBench's ANP with its iterations scaled by ``profile.defense_scale`` (and smoke's cap),
-        or the profile's entry in :data:`ITERATIONS`."""
-        iterations = ITERATIONS.get(profile.name, scaled_epochs(profile, cls.iterations))
+        or the profile's own count (``Profile.anp_iterations``, where scaling alone costs too much)."""
+        iterations = profile.anp_iterations or scaled_epochs(profile, cls.iterations)
         return dataclasses.replace(cls(iterations=iterations), **overrides)
 
 

@@ -13,7 +13,7 @@ the neurons from becoming "active" again, which would let the backdoor grow back
 The defender holds the backdoored model and 5% clean training data; no poisoned data.
 
 Choice of n. The official code sweeps n in {0.01, ..., 0.9} and never picks one. The suite fixes
-one n per profile (:data:`NEURON_RATIO`), the same for every attack, chosen with clean data only
+one n per profile (``Profile.tsbd_neuron_ratio``), the same for every attack, chosen with clean data only
 (see :func:`choose_neuron_ratio` and notebook 04, which also shows a sweep of n).
 
 Example:
@@ -41,17 +41,11 @@ from ..training import BatchTransform, History, Step, train
 from .base import DEFENSE_CONFIGS, DEFENSES, DefenseResult
 from .common import capped_epochs
 
-# One neuron ratio n per profile, the same for every attack, from choose_neuron_ratio (notebook 04).
-# quick: choose_neuron_ratio over the eight quick models gave 0.25 (notebook 04 recomputes it).
-# paper: not yet measured (needs the paper profile's models on a GPU); the quick value until then.
-NEURON_RATIO: dict[str, float] = {"smoke": 0.25, "quick": 0.25, "paper": 0.25}
-
-
 @dataclass(frozen=True)
 class TSBDConfig:
     """TSBD's settings; defaults are the official config (``config/defense/tsbd/config.yaml``)."""
 
-    neuron_ratio: float = 0.25  # n: share of neurons (by NWC) to reinitialize; no official value: see NEURON_RATIO
+    neuron_ratio: float = 0.25  # n: share of neurons (by NWC) to reinitialize; no official value: Profile.tsbd_neuron_ratio
     weight_ratio: float = 0.7  # m: share of those neurons' individual weight changes that is zeroed
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)  # stage 1's clean unlearning
     radius: float = 0.05  # r: size of the perturbation along the per-tensor normalised gradient
@@ -82,10 +76,11 @@ class TSBDConfig:
 
     @classmethod
     def for_profile(cls, profile: Profile, **overrides: Any) -> TSBDConfig:
-        """The profile's TSBD: its n, its unlearning cap, and its epoch cap (smoke only)."""
+        """The profile's TSBD: its n (``Profile.tsbd_neuron_ratio``), its clean unlearning
+        (:meth:`UnlearnConfig.for_profile`), and its epoch cap (smoke only)."""
         base = cls(
-            neuron_ratio=NEURON_RATIO.get(profile.name, cls.neuron_ratio),
-            unlearn=dataclasses.replace(UnlearnConfig(), max_epochs=profile.unlearn_cap),
+            neuron_ratio=profile.tsbd_neuron_ratio,
+            unlearn=UnlearnConfig.for_profile(profile, "clean"),
             epochs=capped_epochs(profile, cls.epochs),
         )
         return dataclasses.replace(base, **overrides)
