@@ -25,7 +25,7 @@ import torch
 
 from tsbd_utils.defenses.tsbd import ActivenessAwareStep, CopyingActivenessAwareStep
 from tsbd_utils.models import PreActResNet18
-from tsbd_utils.session import configure_threads, resolve_device
+from tsbd_utils.device import configure_threads, resolve_device
 from tsbd_utils.training import Step
 
 

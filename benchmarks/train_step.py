@@ -27,7 +27,7 @@ from torchvision.transforms import v2
 from tsbd_utils.augment import augment
 from tsbd_utils.models import PreActResNet18
 from tsbd_utils.rng import generator
-from tsbd_utils.session import configure_threads, resolve_device
+from tsbd_utils.device import configure_threads, resolve_device
 
 
 class PerImage(Dataset):

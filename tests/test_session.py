@@ -3,12 +3,15 @@ import json
 import pytest
 import torch
 
-from tsbd_utils import session
+from tsbd_utils import device, session
 
 
 def test_resolve_device():
     assert session.resolve_device("cpu") == torch.device("cpu")
-    assert session.resolve_device("auto").type in ("cpu", "cuda", "mps")
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    expected = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"  # auto: CUDA, then MPS, then CPU
+    assert session.resolve_device("auto").type == expected
+    assert session.resolve_device is device.resolve_device  # the session re-exports the device module's
     with pytest.raises(ValueError, match="unknown device 'tpu'; allowed: auto, cpu, cuda, cuda:N, mps"):
         session.resolve_device("tpu")
     if not torch.cuda.is_available():
@@ -57,3 +60,14 @@ def test_results_carry_provenance(tmp_path):
     )
     assert prov["versions"]["torch"] == torch.__version__ and "git_commit" in prov
     assert prov["profile_settings"]["train.epochs"] == 1
+
+
+def test_importing_the_session_or_the_device_module_loads_no_plotting():
+    """Benchmarks and scripts import these; seaborn and the package's plotting load only where a notebook plots."""
+    import subprocess
+    import sys
+
+    code = ("import sys, tsbd_utils.device, tsbd_utils.session; "
+            "print(sorted(m for m in ('seaborn', 'tsbd_utils.plotting') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]", run.stdout

@@ -12,7 +12,6 @@ sessions (say, two profiles in one test run) never see each other.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 import time
@@ -22,42 +21,13 @@ from typing import Any
 
 import torch
 
-from . import __version__, plotting
+from . import __version__
 from .atomic import atomic_path
 from .cache import Cache
 from .config import Profile, resolve
 from .data import Splits, prepare_for
+from .device import configure_threads, resolve_device
 from .paths import project_root, run_dir as default_run_dir
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA, then Apple's MPS, then the CPU; an unavailable choice is an error."""
-    if not isinstance(device, str):
-        raise ValueError(f"device must be a string such as 'auto', 'cpu', 'cuda' or 'cuda:0', got {device!r}")
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; allowed: auto, cpu, cuda, cuda:N, mps") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but CUDA is not available here; use 'auto' or 'cpu'")
-    if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r} asked for, but MPS is not available here; use 'auto' or 'cpu'")
-    if resolved.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unknown device {device!r}; allowed: auto, cpu, cuda, cuda:N, mps")
-    return resolved
-
-
-def configure_threads() -> int:
-    """Use as many intra-op threads as cores this process may run on (2 on the build machines)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(cores)
-    return cores
 
 
 def git_commit() -> str | None:
@@ -112,6 +82,8 @@ class Session:
     def savefig(self, fig, slug: str) -> Path:
         """Save ``fig`` as ``<figures_dir>/<NN>_<slug>.png`` and close it."""
         import matplotlib.pyplot as plt
+
+        from . import plotting
 
         path = plotting.savefig(fig, f"{self.notebook}_{slug}", self.figures_dir)
         plt.close(fig)
@@ -201,5 +173,7 @@ def start(
         data_dir=Path(data_dir) if data_dir else None,
         threads=configure_threads(),
     )
+    from . import plotting  # here, not at the top: importing the session (benchmarks, scripts) loads no seaborn
+
     plotting.setup("paper" if resolved.name == "paper" else "notebook")
     return session
