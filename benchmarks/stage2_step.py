@@ -10,8 +10,8 @@ forward/backward/update, interleaved round by round so that machine noise hits a
 - in place: the suite's activeness-aware step (perturb, second pass, restore; no copy);
 - copy per batch: the same update computed on a deep copy of the model, as the official code does.
 
-Prints the median time of each and the ratios in-place / plain and in-place / copy. Targets
-(DESIGN section 7): in place <= 2.2x plain, and faster than copy per batch. The images are random
+Prints the median time of each and the ratios in-place / plain and in-place / copy. Targets:
+in place <= 2.2x plain (one step is two forward-backward passes), and faster than copy per batch. The images are random
 tensors: this measures speed, not learning.
 """
 

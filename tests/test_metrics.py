@@ -25,7 +25,7 @@ def test_der_matches_its_definition():
     assert der(0.9, 1.0, 0.9, 0.0) == 1.0  # backdoor gone, accuracy kept
     assert der(0.9, 1.0, 0.95, 0.0) == 1.0  # an accuracy gain is not rewarded
     assert der(0.9, 0.5, 0.8, 0.7) == pytest.approx(0.45)  # ASR rise is not charged, ACC drop is
-    # The paper's Table 1 averages for TSBD give 97.56 (DESIGN.md).
+    # The paper's Table 1 averages for TSBD (ACC 91.34 -> 91.70, ASR 97.29 -> 2.18) give DER 97.56.
     assert 100 * der(0.9134, 0.9729, 0.9170, 0.0218) == pytest.approx(97.555, abs=1e-3)
     with pytest.raises(ValueError, match=r"asr_bd = 97.29 is outside \[0, 1\]; pass fractions"):
         der(0.9134, 97.29, 0.9170, 0.0218)
