@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from tsbd_utils import config, data, models
-from tsbd_utils.defenses import DEFENSES, common, config_for
+from tsbd_utils.defenses import DEFENSE_CONFIGS, DEFENSES, common, config_for
 from tsbd_utils.defenses.clp import CLPConfig, channel_lipschitz
 from tsbd_utils.defenses.common import OracleData, scaled_epochs, select_amount
 from tsbd_utils.defenses.fp import FPConfig, head_inputs
@@ -183,3 +183,9 @@ def test_clp_zeroes_the_bn_channel_behind_a_planted_high_lipschitz_kernel_and_re
     DEFENSES["clp"](model, Untouchable(), CLPConfig())
     with pytest.raises(ValueError, match="u must be >= 0, got -1"):
         CLPConfig(u=-1)
+
+
+@pytest.mark.parametrize("name", sorted(DEFENSE_CONFIGS))
+def test_an_unknown_setting_is_named_with_the_allowed_ones(name):
+    with pytest.raises(ValueError, match=r"unknown \w+Config setting\(s\) 'epoch_count'; allowed: "):
+        config_for(name, config.PROFILES["quick"], epoch_count=3)

@@ -31,6 +31,17 @@ def _require(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def replace_checked(config: Any, **overrides: Any) -> Any:
+    """``dataclasses.replace`` that names an unknown setting and lists the allowed ones (instead of a TypeError)."""
+    allowed = [f.name for f in dataclasses.fields(config) if f.init]
+    unknown = [k for k in overrides if k not in allowed]
+    if unknown:
+        raise ValueError(
+            f"unknown {type(config).__name__} setting(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}"
+        )
+    return dataclasses.replace(config, **overrides) if overrides else config
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How a model is trained from scratch (clean model, backdoored models)."""

@@ -41,7 +41,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +51,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..augment import augment
-from ..config import Profile
+from ..config import Profile, replace_checked
 from ..data import DatasetSpec, ImageData
 from ..rng import generator
 from ..training import channels_last_safe
@@ -106,7 +105,7 @@ class ANPConfig:
         """BackdoorBench's ANP with its iterations scaled by ``profile.defense_scale`` (and smoke's cap),
         or the profile's own count (``Profile.anp_iterations``, where scaling alone costs too much)."""
         iterations = profile.anp_iterations or scaled_epochs(profile, cls.iterations)
-        return dataclasses.replace(cls(iterations=iterations), **overrides)
+        return replace_checked(cls(iterations=iterations), **overrides)
 
 
 def learn_masks(

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import Profile
+from ..config import Profile, replace_checked
 from ..data import DatasetSpec
 from .base import DEFENSE_CONFIGS, DEFENSES, DefenseResult
 from .common import working_copy
@@ -50,7 +50,7 @@ class CLPConfig:
 
     @classmethod
     def for_profile(cls, profile: Profile, **overrides: Any) -> CLPConfig:
-        return dataclasses.replace(cls(), **overrides)
+        return replace_checked(cls(), **overrides)
 
 
 def channel_lipschitz(model: nn.Module) -> dict[str, tuple[str, torch.Tensor]]:

@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from .. import metrics
-from ..config import Profile
+from ..config import Profile, replace_checked
 from ..data import DatasetSpec, ImageData
 from .base import DEFENSE_CONFIGS, DEFENSES, DefenseResult
 from .common import PRUNING_CHOICES, FineTuning, OracleData, check_choice, fine_tune, select_amount, working_copy
@@ -61,7 +61,7 @@ class FPConfig:
 
     @classmethod
     def for_profile(cls, profile: Profile, **overrides: Any) -> FPConfig:
-        return dataclasses.replace(cls(finetune=FineTuning().scaled(profile)), **overrides)
+        return replace_checked(cls(finetune=FineTuning().scaled(profile)), **overrides)
 
 
 def head_of(model: nn.Module) -> nn.Linear:

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import Profile
+from ..config import Profile, replace_checked
 from ..data import DatasetSpec, ImageData
 from .base import DEFENSE_CONFIGS, DEFENSES, DefenseResult
 from .common import FineTuning, fine_tune, working_copy
@@ -42,7 +42,7 @@ class FTConfig:
 
     @classmethod
     def for_profile(cls, profile: Profile, **overrides: Any) -> FTConfig:
-        return dataclasses.replace(cls(finetune=FineTuning().scaled(profile)), **overrides)
+        return replace_checked(cls(finetune=FineTuning().scaled(profile)), **overrides)
 
 
 DEFENSE_CONFIGS.register("ft", FTConfig)

@@ -54,7 +54,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..augment import augment
-from ..config import Profile
+from ..config import Profile, replace_checked
 from ..data import DatasetSpec, ImageData
 from ..rng import generator
 from .base import DEFENSE_CONFIGS, DEFENSES, DefenseResult
@@ -106,7 +106,7 @@ class IBAUConfig:
     @classmethod
     def for_profile(cls, profile: Profile, **overrides: Any) -> IBAUConfig:
         """The profile's i-BAU: ``n_rounds`` scaled by ``defense_scale`` (at least 1), the rest unchanged."""
-        return dataclasses.replace(cls(n_rounds=scaled_epochs(profile, cls.n_rounds)), **overrides)
+        return replace_checked(cls(n_rounds=scaled_epochs(profile, cls.n_rounds)), **overrides)
 
 
 def implicit_hypergradient(

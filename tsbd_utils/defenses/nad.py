@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Profile
+from ..config import Profile, replace_checked
 from ..data import DatasetSpec, ImageData
 from ..training import Step
 from .base import DEFENSE_CONFIGS, DEFENSES, DefenseResult
@@ -66,7 +66,7 @@ class NADConfig:
     @classmethod
     def for_profile(cls, profile: Profile, **overrides: Any) -> NADConfig:
         base = cls(teacher_epochs=scaled_epochs(profile, cls.teacher_epochs), finetune=FineTuning().scaled(profile))
-        return dataclasses.replace(base, **overrides)
+        return replace_checked(base, **overrides)
 
     def teacher_recipe(self) -> FineTuning:
         return dataclasses.replace(self.finetune, epochs=self.teacher_epochs)

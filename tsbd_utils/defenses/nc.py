@@ -51,7 +51,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..augment import augment
-from ..config import Profile
+from ..config import Profile, replace_checked
 from ..data import DatasetSpec, ImageData
 from ..rng import generator
 from ..training import channels_last_safe
@@ -130,7 +130,7 @@ class NCConfig:
         reverse = SCALED_REVERSE if profile.defense_scale < 1 else {}
         nc_epoch = capped_epochs(profile, cls.nc_epoch)
         base = cls(nc_epoch=nc_epoch, finetune=FineTuning().scaled(profile), **reverse)
-        return dataclasses.replace(base, **overrides)
+        return replace_checked(base, **overrides)
 
 
 DEFENSE_CONFIGS.register("nc", NCConfig)

@@ -43,7 +43,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Profile, TrainConfig
+from ..config import Profile, TrainConfig, replace_checked
 from ..data import DatasetSpec, ImageData
 from ..observations import AscentStep
 from ..training import Step, train
@@ -121,7 +120,7 @@ class RNPConfig:
             unlearning_epochs=capped_epochs(profile, cls.unlearning_epochs),
             recovering_epochs=capped_epochs(profile, cls.recovering_epochs),
         )
-        return dataclasses.replace(base, **overrides)
+        return replace_checked(base, **overrides)
 
     def share(self, clean: ImageData) -> ImageData:
         """The images RNP learns on: the first ``clean_fraction`` of the clean subset (at least 2)."""

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Profile, TrainConfig
+from ..config import Profile, TrainConfig, replace_checked
 from ..data import DatasetSpec, ImageData
 from ..observations import UnlearnConfig, Unlearned, clean_unlearn, flatten_layers, nwc_layers, weight_changes
 from ..training import BatchTransform, History, Step, train
@@ -83,7 +83,7 @@ class TSBDConfig:
             unlearn=UnlearnConfig.for_profile(profile, "clean"),
             epochs=capped_epochs(profile, cls.epochs),
         )
-        return dataclasses.replace(base, **overrides)
+        return replace_checked(base, **overrides)
 
     def finetune_config(self) -> TrainConfig:
         return TrainConfig(
