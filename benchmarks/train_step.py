@@ -97,7 +97,7 @@ def main() -> None:
 
         return step
 
-    # Baseline: per-image transforms collated by a DataLoader (no workers: on 2 cores they compete with the training threads).
+    # Baseline: per-image transforms collated by a DataLoader (no workers: on 2 cores they compete with training).
     loader = DataLoader(PerImage(x, y, pad, flip), batch_size=args.batch_size, shuffle=True, num_workers=0)
     step = make(channels_last=False)
     baseline = time_steps(lambda xb, yb: step(xb, yb), iter(loader), 3, device)

@@ -45,7 +45,7 @@ from .common import capped_epochs
 class TSBDConfig:
     """TSBD's settings; defaults are the official config (``config/defense/tsbd/config.yaml``)."""
 
-    neuron_ratio: float = 0.25  # n: share of neurons (by NWC) to reinitialize; no official value: Profile.tsbd_neuron_ratio
+    neuron_ratio: float = 0.25  # n: share of neurons (by NWC) to reinitialize; no official value (Profile)
     weight_ratio: float = 0.7  # m: share of those neurons' individual weight changes that is zeroed
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)  # stage 1's clean unlearning
     radius: float = 0.05  # r: size of the perturbation along the per-tensor normalised gradient
