@@ -108,9 +108,38 @@ def test_failed_download_without_internet_leaves_nothing_behind(no_system_data, 
     spec = data.DATASETS["fashion_mnist"]
     monkeypatch.setitem(data.DATASETS._items, "fashion_mnist", dataclasses.replace(spec, fetch=offline))
     target = no_system_data / "target"
+    target.mkdir()
     with pytest.raises(data.DatasetNotFoundError, match=r"torchvision download failed \(URLError.*apt-get install"):
         data.load("fashion_mnist", data_dir=target, download=True)
-    assert not target.exists()
+    assert list(target.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+@pytest.mark.parametrize("via", ["argument", "environment"])
+def test_a_named_data_folder_is_never_replaced_by_another(tmp_path, monkeypatch, kind, via):
+    """A data folder the user named that does not exist or is a file is an error naming it, even where the
+    dataset sits elsewhere (the system place, another folder): it is never silently read from there."""
+    named = tmp_path / "typo"
+    if kind == "file":
+        named.write_text("not a folder")
+    if via == "environment":
+        monkeypatch.setenv("TSBD_DATA_DIR", str(named))
+        expected, argument = r"\$TSBD_DATA_DIR", None
+    else:
+        monkeypatch.delenv("TSBD_DATA_DIR", raising=False)
+        expected, argument = "DATA_DIR", named
+    problem = "does not exist" if kind == "missing" else "is a file"
+    with pytest.raises(data.DatasetNotFoundError, match=rf"data folder {named} \(from {expected}.*{problem}"):
+        data.load("fashion_mnist", data_dir=argument, download=True)
+    assert kind == "file" or not named.exists()
+
+
+def test_a_named_folder_without_the_dataset_is_the_only_place_looked(tmp_path, monkeypatch):
+    monkeypatch.delenv("TSBD_DATA_DIR", raising=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(data.DatasetNotFoundError, match=rf"looked in: {empty}; download=False"):
+        data.load("fashion_mnist", data_dir=empty, download=False)
 
 
 def test_unknown_dataset_lists_the_allowed_ones():

@@ -1,9 +1,10 @@
 """Datasets as in-memory uint8 tensors, and the splits every notebook works on.
 
 Three datasets: Fashion-MNIST (the offline default: the Debian package ``dataset-fashion-mnist``),
-CIFAR-10 and GTSRB (through torchvision: a download, or a folder you already have). A dataset is
-looked for, in order, in an explicit ``data_dir``, in ``$TSBD_DATA_DIR``, in the system location
-(Debian's), and only then downloaded. A missing dataset is an error that says how to get it; the
+CIFAR-10 and GTSRB (through torchvision: a download, or a folder you already have). A folder you
+name (``data_dir``, else ``$TSBD_DATA_DIR``) is the only place looked in and downloaded into; it must
+exist. Without one, the dataset is looked for in the system location (Debian's), then in the
+download folder, and only then downloaded. A missing dataset is an error that says how to get it; the
 suite never substitutes synthetic data.
 
 Images stay uint8 (N, C, H, W) at rest and become float in [0, 1] one batch at a time; the
@@ -68,14 +69,37 @@ def default_download_dir() -> Path:
     return Path(base) / "tsbd" / "data"
 
 
+def explicit_dir(data_dir: str | Path | None = None) -> tuple[Path, str] | None:
+    """The data folder a user named, and where it was named: ``data_dir`` first, then ``$TSBD_DATA_DIR``."""
+    if data_dir:
+        return Path(data_dir), "DATA_DIR / --data-dir"
+    if os.environ.get("TSBD_DATA_DIR"):
+        return Path(os.environ["TSBD_DATA_DIR"]), "$TSBD_DATA_DIR"
+    return None
+
+
 def search_dirs(spec: DatasetSpec, data_dir: str | Path | None = None) -> list[Path]:
-    """The folders looked in, in order: ``data_dir``, ``$TSBD_DATA_DIR``, system places, the download folder."""
-    dirs = [Path(d) for d in (data_dir, os.environ.get("TSBD_DATA_DIR")) if d]
-    return dirs + [Path(d) for d in spec.system_dirs] + [default_download_dir()]
+    """The folders looked in: only the one a user named (``data_dir``, else ``$TSBD_DATA_DIR``), never replaced by
+    another; without one, the system places, then the download folder."""
+    named = explicit_dir(data_dir)
+    if named is not None:
+        return [named[0]]
+    return [Path(d) for d in spec.system_dirs] + [default_download_dir()]
 
 
 def locate(spec: DatasetSpec, data_dir: str | Path | None = None, download: bool = True) -> Path:
-    """The folder holding ``spec``'s files, downloading them if allowed and nowhere to be found."""
+    """The folder holding ``spec``'s files, downloading them if allowed and nowhere to be found.
+
+    A folder the user named must exist and be a folder; the dataset is looked for (and downloaded) there only.
+    """
+    named = explicit_dir(data_dir)
+    if named is not None:
+        folder, source = named
+        if not folder.exists():
+            raise DatasetNotFoundError(f"the data folder {folder} (from {source}) does not exist; create it, or "
+                                       "name the folder that holds the dataset")
+        if not folder.is_dir():
+            raise DatasetNotFoundError(f"the data folder {folder} (from {source}) is a file, not a folder")
     looked = search_dirs(spec, data_dir)
     for folder in looked:
         found = spec.find(folder)
@@ -83,7 +107,7 @@ def locate(spec: DatasetSpec, data_dir: str | Path | None = None, download: bool
             return found
     reason = "download=False"
     if download:
-        target = looked[0] if data_dir or os.environ.get("TSBD_DATA_DIR") else default_download_dir()
+        target = looked[0] if named is not None else default_download_dir()
         try:
             return _download(spec, target)
         except Exception as err:  # no internet, a server error, a checksum mismatch
