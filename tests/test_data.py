@@ -234,6 +234,19 @@ def test_prepare_draws_seeded_subsets_and_a_clean_share(no_system_data):
     assert torch.equal(a.clean_share(0.05).x, a.clean.x[:5])  # RNP's share is the head of the clean subset
     with pytest.raises(ValueError, match="clean share 0.5 is 50 images; the clean subset holds 10"):
         a.clean_share(0.5)
+    assert a.source == folder  # the folder read, which every notebook's results record
+
+
+def test_results_record_the_data_folder_read(no_system_data):
+    from tsbd_utils import session
+
+    folder = no_system_data / "fm"
+    write_fmnist(folder, n_train=200, n_test=50)
+    s = session.start("00", profile="smoke", cache_dir=str(no_system_data / "c"), figures_dir=str(no_system_data),
+                      run_dir=str(no_system_data / "r"), data_dir=str(folder))
+    assert s.provenance()["data_folder"] is None  # nothing read yet
+    s.splits
+    assert s.provenance()["data_folder"] == str(folder)
 
 
 def test_real_fashion_mnist_is_installed_and_complete():

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import nbformat
@@ -68,3 +69,29 @@ def test_cli_runs_in_order_and_rejects_bad_names(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "01_b.ipynb" in out and "00_a.ipynb" not in out and "total" in out
     assert (run_dir / "01_b.ipynb").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--seed", "-1"], "--seed must be an int >= 0, got -1"),
+        (["--device", "tpu"], "unknown device 'tpu'; allowed: auto, cpu, cuda, cuda:N, mps"),
+        (["--data-dir", "{tmp}/no-such-folder"], r"the data folder .*no-such-folder \(from DATA_DIR / --data-dir\) "
+                                                 "does not exist"),
+        (["--data-dir", "{tmp}/a-file"], r"the data folder .*a-file \(from DATA_DIR / --data-dir\) is a file"),
+        (["--cache-dir", "{tmp}/a-file/cache"], r"cache folder .*a-file/cache cannot be used: .*a-file, on the way"),
+        (["--figures-dir", "{tmp}/a-file"], r"the figures folder .*a-file cannot be used: .*a-file is a file"),
+        (["--notebooks-dir", "{tmp}/none"], r"--notebooks-dir .*none is not a folder"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_is_written(tmp_path, capsys, extra, message):
+    (tmp_path / "a-file").write_text("not a folder")
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    _notebook(folder / "00_a.ipynb", "PROFILE = 'smoke'")
+    before = sorted(tmp_path.rglob("*"))
+    argv = ["--profile", "smoke", "--notebooks-dir", str(folder), "--run-dir", str(tmp_path / "runs"),
+            "--cache-dir", str(tmp_path / "cache"), "--figures-dir", str(tmp_path / "figs")]
+    assert reproduce.main(argv + [e.format(tmp=tmp_path) for e in extra]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert sorted(tmp_path.rglob("*")) == before  # no folder created, no notebook run

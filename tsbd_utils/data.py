@@ -169,6 +169,7 @@ class Splits:
     test: ImageData
     clean: ImageData
     clean_index: torch.Tensor  # positions of ``clean`` in ``train``
+    source: Path | None = None  # the folder the dataset was read from (recorded in every notebook's results)
 
     def clean_share(self, ratio: float) -> ImageData:
         """The first ``ratio`` of the training set's size from the clean subset (e.g. 0.01 for RNP)."""
@@ -205,11 +206,12 @@ def prepare(
     download: bool = True,
 ) -> Splits:
     """Load ``name`` and cut the splits a profile asks for (see :func:`prepare_for`)."""
-    train, test, spec = load(name, data_dir, download)
+    source = locate(DATASETS[name], data_dir, download)
+    train, test, spec = load(name, source, download=False)
     train = seeded_subset(train, train_size, seed, "train-subset")
     test = seeded_subset(test, test_size, seed, "test-subset")
     index = clean_subset_index(len(train), clean_ratio, seed)
-    return Splits(spec=spec, train=train, test=test, clean=train.subset(index), clean_index=index)
+    return Splits(spec=spec, train=train, test=test, clean=train.subset(index), clean_index=index, source=source)
 
 
 def prepare_for(profile, seed: int, data_dir: str | Path | None = None, download: bool = True) -> Splits:

@@ -35,3 +35,17 @@ def run_dir(profile: str, explicit: str | os.PathLike | None = None) -> Path:
         return Path(explicit)
     root = project_root() or Path.cwd()
     return root / "runs" / profile
+
+
+def unusable_folder(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot serve as an output folder (None if it can), found without creating anything: an
+    existing path must be a writable folder; a new one needs a writable folder as its nearest existing parent."""
+    folder = Path(path).expanduser().absolute()
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is a file, not a folder" if probe == folder else f"{probe}, on the way to {folder}, is a file"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable" + ("" if probe == folder else f" (needed to create {folder})")
+    return None

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import PROFILES
-from .data import DATASETS
-from .paths import project_root, run_dir as default_run_dir
+from .data import DATASETS, explicit_dir
+from .device import resolve_device
+from .paths import cache_dir as default_cache_dir, project_root, run_dir as default_run_dir, unusable_folder
 
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 
@@ -96,14 +97,41 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:  # bad names fail before any notebook starts, naming the allowed values
+def _check_settings(args: argparse.Namespace) -> str | None:
+    """What is wrong with the command line's settings (None if nothing): names, seed, device, the data folder and
+    the folders the run writes to. Nothing is created or written here."""
+    try:
         PROFILES.check(args.profile)
         if args.dataset is not None:
             DATASETS.check(args.dataset)
+        resolve_device(args.device)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        return str(err)
+    if args.seed < 0:
+        return f"--seed must be an int >= 0, got {args.seed}"
+    named = explicit_dir(args.data_dir)
+    if named is not None and not named[0].is_dir():
+        folder, source = named
+        return f"the data folder {folder} (from {source}) " + ("is a file" if folder.exists() else "does not exist")
+    if not Path(args.notebooks_dir).is_dir():
+        return f"--notebooks-dir {args.notebooks_dir} is not a folder"
+    outputs = {
+        "cache folder": default_cache_dir(args.cache_dir),
+        "figures folder": Path(args.figures_dir),
+        "run folder": default_run_dir(args.profile, args.run_dir),
+    }
+    for what, folder in outputs.items():
+        reason = unusable_folder(folder)
+        if reason:
+            return f"the {what} {folder} cannot be used: {reason}"
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    problem = _check_settings(args)  # every setting is checked before any notebook starts or anything is written
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     folder = Path(args.notebooks_dir)
     selected = notebooks(folder)

@@ -110,6 +110,8 @@ class Session:
             },
             "git_commit": git_commit(),
             "profile_settings": self.profile.summary(),
+            # The folder the dataset was read from (None if this notebook never loaded it).
+            "data_folder": str(self._splits.source) if self._splits is not None and self._splits.source else None,
         }
 
     def write_results(self, results: dict[str, Any]) -> Path:
