@@ -170,3 +170,33 @@ def test_training_recipes_follow_backdoorbench_where_the_profile_asks():
             assert cls().train_config(quick) == dataclasses.replace(quick.train, epochs=8)
         else:
             assert cls().train_config(quick) == quick.train
+
+
+@pytest.mark.parametrize(
+    "name, setting, message",
+    [
+        ("badnets", {"size": 0}, r"BadNetsConfig.size must be in \(0, inf\), got 0"),
+        ("badnets", {"value": float("nan")}, r"BadNetsConfig.value must be a finite number, got nan"),
+        ("badnets", {"value": 2.0}, r"BadNetsConfig.value must be in \[0, 1\], got 2.0"),
+        ("badnets", {"target": True}, r"target must be a class index >= 0, got True"),
+        ("blended", {"alpha": float("nan")}, r"BlendedConfig.alpha must be a finite number, got nan"),
+        ("blended", {"alpha": 1.0}, r"BlendedConfig.alpha must be in \(0, 1\), got 1.0"),
+        ("sig", {"frequency": 2.5}, r"SIGConfig.frequency must be an int, got 2.5"),
+        ("wanet", {"k": True}, r"WaNetConfig.k must be an int, got True"),
+        ("ssba", {"warmup": 1.0}, r"SSBAConfig.warmup must be in \[0, 1\), got 1.0"),
+        ("inputaware", {"mask_density": -0.1}, r"InputAwareConfig.mask_density must be in \(0, 1\], got -0.1"),
+        ("trojan", {"iterations": 0}, r"TrojanConfig.iterations must be in \(0, inf\), got 0"),
+    ],
+)
+def test_out_of_range_settings_are_refused_when_the_attack_is_built(name, setting, message):
+    with pytest.raises(ValueError, match=message):
+        ATTACKS[name](**setting)
+
+
+def test_images_with_nan_or_infinite_values_are_refused():
+    from tsbd_utils.attacks.base import check_images
+
+    x = torch.rand(2, 1, 28, 28)
+    x[0, 0, 0, 0], x[1, 0, 1, 1] = float("nan"), float("inf")
+    with pytest.raises(ValueError, match=r"images hold 2 NaN or infinite values; allowed: \[0, 1\]"):
+        check_images(x)

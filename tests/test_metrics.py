@@ -45,3 +45,9 @@ def test_predict_batches_restores_the_mode_and_takes_uint8():
         metrics.predict(model, x.view(10, 4))
     with pytest.raises(ValueError, match="uint8 or float"):
         metrics.predict(model, torch.ones(2, 1, 2, 2, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("target", [-1, True, 1.0, "0"])
+def test_asr_refuses_a_target_that_is_not_a_class_index(target):
+    with pytest.raises(ValueError, match=r"target must be a class index \(an int >= 0\), got"):
+        metrics.attack_success_rate(torch.tensor([0, 1]), target)

@@ -31,6 +31,8 @@ def attack_success_rate(pred: torch.Tensor, target: int, true_labels: torch.Tens
     If ``true_labels`` is given, images whose true class is already the target are left out
     (BackdoorBench builds its backdoor test set without them).
     """
+    if not (isinstance(target, int) and not isinstance(target, bool) and target >= 0):
+        raise ValueError(f"target must be a class index (an int >= 0), got {target!r}")
     if true_labels is not None:
         _check_pair(pred, true_labels)
         pred = pred[true_labels != target]

@@ -14,6 +14,8 @@ class BadNetsConfig(AttackConfig):
     size: int = 3  # side of the square on a 32-pixel image (BackdoorBench's trigger_image.png); scaled with the image
     value: float = 1.0  # pixel value of the square (white)
 
+    limits = {"value": (0.0, 1.0, True, True)}  # a pixel value
+
 
 class BadNets(Attack):
     """BadNets (Gu, Dolan-Gavitt, Garg, 2017): paste a white square into the bottom-right corner.

@@ -18,6 +18,7 @@ images are stored as uint8, like BackdoorBench's PNG files.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -40,11 +41,27 @@ class AttackConfig:
     target: int = 0  # the class every triggered image is sent to (all-to-one)
     ratio: float = 0.1  # poisoning ratio: poisoned share of the whole training set (pratio)
 
+    # Allowed interval of each numeric setting: (low, high, low included, high included). A numeric setting not
+    # listed (here or in a subclass's ``limits``) must be > 0. Ints must be ints (not bools), floats finite.
+    limits: ClassVar[dict[str, tuple[float, float, bool, bool]]] = {"ratio": (0.0, 1.0, False, False)}
+
     def __post_init__(self) -> None:
-        if not (isinstance(self.target, int) and self.target >= 0):
+        if not (isinstance(self.target, int) and not isinstance(self.target, bool) and self.target >= 0):
             raise ValueError(f"target must be a class index >= 0, got {self.target!r}")
-        if not 0 < self.ratio < 1:
-            raise ValueError(f"ratio must be in (0, 1), got {self.ratio!r}")
+        limits = {k: v for cls in reversed(type(self).__mro__) for k, v in vars(cls).get("limits", {}).items()}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "target" or f.type not in ("int", "float"):
+                continue
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if f.type == "int" and not (isinstance(value, int) and not isinstance(value, bool)):
+                raise ValueError(f"{type(self).__name__}.{f.name} must be an int, got {value!r}")
+            if not (number and math.isfinite(value)):
+                raise ValueError(f"{type(self).__name__}.{f.name} must be a finite number, got {value!r}")
+            low, high, low_in, high_in = limits.get(f.name, (0.0, math.inf, False, False))
+            if not ((low <= value if low_in else low < value) and (value <= high if high_in else value < high)):
+                allowed = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+                raise ValueError(f"{type(self).__name__}.{f.name} must be in {allowed}, got {value!r}")
 
 
 @dataclass
@@ -99,6 +116,8 @@ def check_images(x: torch.Tensor, shape: tuple[int, int, int] | None = None) -> 
         raise ValueError(f"images must be a float tensor (N, C, H, W) in [0, 1], got {got}")
     if shape is not None and tuple(x.shape[1:]) != tuple(shape):
         raise ValueError(f"images of shape {tuple(x.shape[1:])}; this attack was prepared for {tuple(shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"images hold {int((~torch.isfinite(x)).sum())} NaN or infinite values; allowed: [0, 1]")
     if x.numel() and (x.min() < 0 or x.max() > 1):
         raise ValueError(f"images must lie in [0, 1], got values in [{x.min().item():.3g}, {x.max().item():.3g}]")
 

@@ -18,6 +18,8 @@ class BlendedConfig(AttackConfig):
     alpha: float = 0.2  # blend weight of the trigger image, train and test (BackdoorBench: 0.2)
     image: str = "grace_hopper.jpg"  # a photograph shipped in matplotlib's sample data (no download)
 
+    limits = {"alpha": (0.0, 1.0, False, False)}
+
 
 def trigger_image(name: str, channels: int, size: int) -> torch.Tensor:
     """A sample photograph of matplotlib, resized to size x size, grayscale when ``channels`` is 1."""

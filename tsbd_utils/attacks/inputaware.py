@@ -28,6 +28,13 @@ class InputAwareConfig(AttackConfig):
     width: int = 16  # channels of the pattern generator's U-Net
     mask_width: int = 8  # channels of the mask generator's U-Net (it only has to pick a few pixels)
 
+    limits = {
+        "cross_ratio": (0.0, float("inf"), True, False),
+        "mask_density": (0.0, 1.0, False, True),
+        "lambda_div": (0.0, float("inf"), True, False),
+        "lambda_norm": (0.0, float("inf"), True, False),
+    }
+
 
 def diversity(x1: torch.Tensor, x2: torch.Tensor, out1: torch.Tensor, out2: torch.Tensor) -> torch.Tensor:
     """Input distance over output distance: small when different images get different outputs."""

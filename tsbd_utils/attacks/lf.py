@@ -25,7 +25,6 @@ class LFConfig(AttackConfig):
     batch_size: int = 128
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         for name in ("eps", "sigma_at_32", "step_size"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
@@ -36,6 +35,7 @@ class LFConfig(AttackConfig):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
                 raise ValueError(f"LF {name} must be an int > 0, got {value!r}")
+        super().__post_init__()  # after LF's own checks, whose messages say what each setting means
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -15,6 +15,8 @@ class SIGConfig(AttackConfig):
     delta: float = 40 / 255  # amplitude of the signal in [0, 1] pixels (BackdoorBench: 40 on 0-255)
     frequency: int = 6  # periods across the image width (BackdoorBench: f = 6)
 
+    limits = {"delta": (0.0, 1.0, False, True)}  # pixel units
+
 
 class SIG(Attack):
     """SIG (Barni, Kallas, Tondi, ICIP 2019): add delta * sin(2 pi j f / W) to every pixel of column j.

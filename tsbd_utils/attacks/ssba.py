@@ -26,6 +26,13 @@ class SSBAConfig(AttackConfig):
     lr: float = 1e-3  # Adam
     width: int = 8  # channels of the encoder U-Net
 
+    limits = {
+        "max_residual": (0.0, 1.0, False, True),
+        "start_residual": (0.0, 1.0, False, True),
+        "warmup": (0.0, 1.0, True, False),
+        "image_weight": (0.0, float("inf"), True, False),
+    }
+
 
 class SecretEncoder(nn.Module):
     """StegaStamp-style encoder: image + secret bits -> the image plus a bounded residual."""

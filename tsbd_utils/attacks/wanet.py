@@ -19,6 +19,8 @@ class WaNetConfig(AttackConfig):
     grid_rescale: float = 1.0  # scale of the warped grid before clamping (BackdoorBench: 1)
     cross_ratio: float = 2.0  # "noise" samples per poisoned sample in a batch (BackdoorBench: 2)
 
+    limits = {"cross_ratio": (0.0, float("inf"), True, False)}
+
 
 class WaNet(Attack):
     """WaNet (Nguyen, Tran, ICLR 2021): warp the image with a fixed smooth field.
