@@ -200,3 +200,9 @@ def test_images_with_nan_or_infinite_values_are_refused():
     x[0, 0, 0, 0], x[1, 0, 1, 1] = float("nan"), float("inf")
     with pytest.raises(ValueError, match=r"images hold 2 NaN or infinite values; allowed: \[0, 1\]"):
         check_images(x)
+
+
+def test_apply_uint8_refuses_float_images():
+    attack = ATTACKS["badnets"]()
+    with pytest.raises(ValueError, match=r"apply_uint8 takes uint8 images .* got torch.float32; use apply for floats"):
+        attack.apply_uint8(torch.rand(2, 1, 28, 28))

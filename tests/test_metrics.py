@@ -51,3 +51,17 @@ def test_predict_batches_restores_the_mode_and_takes_uint8():
 def test_asr_refuses_a_target_that_is_not_a_class_index(target):
     with pytest.raises(ValueError, match=r"target must be a class index \(an int >= 0\), got"):
         metrics.attack_success_rate(torch.tensor([0, 1]), target)
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        (torch.full((2, 1, 4, 4), 255.0), r"float images must lie in \[0, 1\] .*got values in \[255, 255\]"),
+        (torch.full((2, 1, 4, 4), float("nan")), r"float images must lie in \[0, 1\]"),
+        (torch.zeros(2, 1, 4, 4, dtype=torch.int32), r"images must be uint8 or float in \[0, 1\], got torch.int32"),
+    ],
+)
+def test_predict_refuses_images_out_of_range(images, message):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    with pytest.raises(ValueError, match=message):
+        metrics.predict(model, images)

@@ -74,6 +74,11 @@ def _as_float_batch(batch: torch.Tensor) -> torch.Tensor:
         return batch.float().div_(255)
     if not batch.is_floating_point():
         raise ValueError(f"images must be uint8 or float in [0, 1], got {batch.dtype}")
+    if batch.numel():
+        low, high = torch.aminmax(batch)  # NaN propagates into both, and fails the test below
+        if not (0 <= low.item() and high.item() <= 1):
+            raise ValueError(f"float images must lie in [0, 1] (uint8 images are scaled here), got values in "
+                             f"[{low.item():.3g}, {high.item():.3g}]")
     return batch.float()
 
 

@@ -198,6 +198,9 @@ class Attack:
 
     def apply_uint8(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
         """``apply`` on uint8 images in batches on ``self.device``, back to uint8 (how poisoned sets are stored)."""
+        if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8:
+            got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"apply_uint8 takes uint8 images (N, C, H, W) in 0..255, got {got}; use apply for floats")
         out = torch.empty_like(x)
         for start in range(0, len(x), batch_size):
             batch = x[start : start + batch_size].to(self.device).float() / 255
