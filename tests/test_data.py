@@ -86,7 +86,16 @@ def test_truncated_idx_file_is_an_error(no_system_data):
     write_fmnist(folder, compress=False)
     path = folder / "train-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:-10])
-    with pytest.raises(ValueError, match="truncated"):
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte holds .* \(truncated\?\)\. Reinstall it: .*apt-get"):
+        data.load("fashion_mnist", data_dir=folder, download=False)
+
+
+def test_a_damaged_gzip_file_is_named_with_how_to_reinstall(no_system_data):
+    folder = no_system_data / "fm"
+    write_fmnist(folder, compress=True)
+    path = folder / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-12])  # cut off: the gzip stream ends early
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte.gz cannot be read: .*Reinstall it: .*apt-get"):
         data.load("fashion_mnist", data_dir=folder, download=False)
 
 

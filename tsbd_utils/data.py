@@ -143,7 +143,10 @@ def load(
     """The full train and test splits of dataset ``name`` and its spec."""
     spec = DATASETS[name]
     place = locate(spec, data_dir, download)
-    train, test = (ImageData(*spec.read(place, split)) for split in (True, False))
+    try:
+        train, test = (ImageData(*spec.read(place, split)) for split in (True, False))
+    except ValueError as err:  # the readers name the damaged file
+        raise ValueError(f"{spec.title} in {place} is damaged: {err}. Reinstall it: {spec.how_to_get}.") from err
     for split in (train, test):
         if tuple(split.x.shape[1:]) != (spec.channels, spec.size, spec.size):
             raise ValueError(

@@ -20,8 +20,11 @@ _IDX_DTYPES = {0x08: np.uint8}
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (``.gz`` or raw) into a numpy array of its declared shape."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        raw = handle.read()
+    try:
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+    except (OSError, EOFError) as err:  # a damaged or cut-off gzip stream (gzip.BadGzipFile is an OSError)
+        raise ValueError(f"{path} cannot be read: {err}") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise ValueError(f"{path} is not an IDX file of unsigned bytes")
     ndim = raw[3]
