@@ -78,6 +78,21 @@ def explicit_dir(data_dir: str | Path | None = None) -> tuple[Path, str] | None:
     return None
 
 
+def checked_named_dir(data_dir: str | Path | None = None) -> Path | None:
+    """The data folder a user named (see :func:`explicit_dir`), None if none; one that does not exist or is a file
+    is an error naming it and where it was named, never replaced by another place."""
+    named = explicit_dir(data_dir)
+    if named is None:
+        return None
+    folder, source = named
+    if not folder.exists():
+        raise DatasetNotFoundError(f"the data folder {folder} (from {source}) does not exist; create it, or "
+                                   "name the folder that holds the dataset")
+    if not folder.is_dir():
+        raise DatasetNotFoundError(f"the data folder {folder} (from {source}) is a file, not a folder")
+    return folder
+
+
 def search_dirs(spec: DatasetSpec, data_dir: str | Path | None = None) -> list[Path]:
     """The folders looked in: only the one a user named (``data_dir``, else ``$TSBD_DATA_DIR``), never replaced by
     another; without one, the system places, then the download folder."""
@@ -92,14 +107,7 @@ def locate(spec: DatasetSpec, data_dir: str | Path | None = None, download: bool
 
     A folder the user named must exist and be a folder; the dataset is looked for (and downloaded) there only.
     """
-    named = explicit_dir(data_dir)
-    if named is not None:
-        folder, source = named
-        if not folder.exists():
-            raise DatasetNotFoundError(f"the data folder {folder} (from {source}) does not exist; create it, or "
-                                       "name the folder that holds the dataset")
-        if not folder.is_dir():
-            raise DatasetNotFoundError(f"the data folder {folder} (from {source}) is a file, not a folder")
+    named = checked_named_dir(data_dir)
     looked = search_dirs(spec, data_dir)
     for folder in looked:
         found = spec.find(folder)
@@ -142,7 +150,11 @@ def load(
 ) -> tuple[ImageData, ImageData, DatasetSpec]:
     """The full train and test splits of dataset ``name`` and its spec."""
     spec = DATASETS[name]
-    place = locate(spec, data_dir, download)
+    return (*read_splits(spec, locate(spec, data_dir, download)), spec)
+
+
+def read_splits(spec: DatasetSpec, place: Path) -> tuple[ImageData, ImageData]:
+    """The full train and test splits of ``spec`` from the folder ``place`` (found by :func:`locate`), checked."""
     try:
         train, test = (ImageData(*spec.read(place, split)) for split in (True, False))
     except ValueError as err:  # the readers name the damaged file
@@ -154,7 +166,7 @@ def load(
             )
         if split.y.numel() and not (0 <= int(split.y.min()) and int(split.y.max()) < spec.num_classes):
             raise ValueError(f"{place}: labels outside 0..{spec.num_classes - 1}")
-    return train, test, spec
+    return train, test
 
 
 @dataclass(frozen=True)
@@ -209,8 +221,9 @@ def prepare(
     download: bool = True,
 ) -> Splits:
     """Load ``name`` and cut the splits a profile asks for (see :func:`prepare_for`)."""
-    source = locate(DATASETS[name], data_dir, download)
-    train, test, spec = load(name, source, download=False)
+    spec = DATASETS[name]
+    source = locate(spec, data_dir, download)
+    train, test = read_splits(spec, source)
     train = seeded_subset(train, train_size, seed, "train-subset")
     test = seeded_subset(test, test_size, seed, "test-subset")
     index = clean_subset_index(len(train), clean_ratio, seed)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import PROFILES
-from .data import DATASETS, explicit_dir
+from .data import DATASETS, DatasetNotFoundError, checked_named_dir
 from .device import resolve_device
 from .paths import cache_dir as default_cache_dir, project_root, run_dir as default_run_dir, unusable_folder
 
@@ -109,10 +109,10 @@ def _check_settings(args: argparse.Namespace) -> str | None:
         return str(err)
     if args.seed < 0:
         return f"--seed must be an int >= 0, got {args.seed}"
-    named = explicit_dir(args.data_dir)
-    if named is not None and not named[0].is_dir():
-        folder, source = named
-        return f"the data folder {folder} (from {source}) " + ("is a file" if folder.exists() else "does not exist")
+    try:
+        checked_named_dir(args.data_dir)
+    except DatasetNotFoundError as err:
+        return str(err)
     if not Path(args.notebooks_dir).is_dir():
         return f"--notebooks-dir {args.notebooks_dir} is not a folder"
     outputs = {
