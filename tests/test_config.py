@@ -83,3 +83,17 @@ def test_registry_rejects_duplicates_and_upper_case():
     with pytest.raises(UnknownNameError) as err:
         reg["b"]
     assert isinstance(err.value, KeyError) and str(err.value) == "unknown thing 'b'; allowed: a"
+
+
+def test_config_knows_the_registered_names_without_importing_them():
+    from tsbd_utils import names
+    from tsbd_utils.datasets import DATASETS
+    from tsbd_utils.models import MODELS
+
+    assert names.DATASET_NAMES == tuple(DATASETS) and names.MODEL_NAMES == tuple(MODELS)
+    import subprocess
+    import sys
+
+    code = "import sys, tsbd_utils.config; print(sorted(m for m in sys.modules if m.startswith(('tsbd_utils.', 'torch'))))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "tsbd_utils.data" not in loaded and "tsbd_utils.models" not in loaded and "'torch'" not in loaded, loaded

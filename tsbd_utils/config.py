@@ -20,8 +20,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .data import DATASETS
-from .models import MODELS
+from .names import DATASET_NAMES, MODEL_NAMES, check_name
 from .registry import Registry
 from .schedules import SCHEDULES
 
@@ -74,12 +73,12 @@ class Profile:
     """The scale of a run. ``resolve`` builds one from a name plus overrides."""
 
     name: str  # smoke, quick or paper
-    dataset: str  # default dataset (a key of data.DATASETS); the DATASET parameter overrides it
+    dataset: str  # default dataset (one of names.DATASET_NAMES); the DATASET parameter overrides it
     train_size: int | None  # training images kept, a seeded subset; None keeps the whole split
     test_size: int | None  # test images kept, a seeded subset; None keeps the whole split
     width: int  # PreActResNet18 base width: 64 is the paper's model, 16 about a quarter of it
     train: TrainConfig  # training from scratch (clean and backdoored models)
-    model: str = "preactresnet18"  # key of models.MODELS
+    model: str = "preactresnet18"  # one of names.MODEL_NAMES
     clean_ratio: float = 0.05  # defender's clean share of the training images (TSBD, BackdoorBench)
     epoch_scale: float = 1.0  # factor on the epoch counts of attack resources (LF, SSBA, Trojan, Input-aware)
     defense_scale: float = 1.0  # factor on the baseline defenses' epoch counts (FT, FP, NAD, NC, ANP, i-BAU, RNP)
@@ -107,8 +106,8 @@ class Profile:
     description: str = ""  # one line for tables and notebook headers
 
     def __post_init__(self) -> None:
-        DATASETS.check(self.dataset)
-        MODELS.check(self.model)
+        check_name("dataset", self.dataset, DATASET_NAMES)
+        check_name("model", self.model, MODEL_NAMES)
         for name in ("train_size", "test_size", "eval_size"):
             value = getattr(self, name)
             _require(
