@@ -53,6 +53,12 @@ def test_asr_refuses_a_target_that_is_not_a_class_index(target):
         metrics.attack_success_rate(torch.tensor([0, 1]), target)
 
 
+def test_asr_refuses_a_target_the_dataset_does_not_have():
+    assert metrics.attack_success_rate(torch.tensor([9, 1]), 9, num_classes=10) == 0.5
+    with pytest.raises(ValueError, match=r"target 10 is not a class of this dataset; allowed: 0 to 9"):
+        metrics.attack_success_rate(torch.tensor([0, 1]), 10, num_classes=10)
+
+
 @pytest.mark.parametrize(
     "images, message",
     [

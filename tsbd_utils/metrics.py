@@ -25,14 +25,19 @@ def accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float:
     return (pred == labels).double().mean().item()
 
 
-def attack_success_rate(pred: torch.Tensor, target: int, true_labels: torch.Tensor | None = None) -> float:
+def attack_success_rate(
+    pred: torch.Tensor, target: int, true_labels: torch.Tensor | None = None, num_classes: int | None = None
+) -> float:
     """Share of backdoor test images classified as ``target``.
 
     If ``true_labels`` is given, images whose true class is already the target are left out
-    (BackdoorBench builds its backdoor test set without them).
+    (BackdoorBench builds its backdoor test set without them). ``num_classes`` (the dataset's)
+    refuses a target no prediction can equal, which would otherwise score a silent 0.
     """
     if not (isinstance(target, int) and not isinstance(target, bool) and target >= 0):
         raise ValueError(f"target must be a class index (an int >= 0), got {target!r}")
+    if num_classes is not None and target >= num_classes:
+        raise ValueError(f"target {target} is not a class of this dataset; allowed: 0 to {num_classes - 1}")
     if true_labels is not None:
         _check_pair(pred, true_labels)
         pred = pred[true_labels != target]

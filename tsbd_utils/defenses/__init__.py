@@ -1,22 +1,25 @@
 """Backdoor defenses, one module each, in the registry ``DEFENSES`` (TSBD first, then the baselines
-of the paper's Table 1 in its order).
+of the paper's Table 1 in its order). Each entry is a :class:`DefenseSpec`: title, paper, config
+class and the defend function, called directly or run on a :class:`DefenseContext`.
 
->>> from tsbd_utils.defenses import DEFENSES, TSBDConfig
->>> result = DEFENSES["tsbd"](model, splits.clean, TSBDConfig(), spec=splits.spec, seed=0)
+>>> from tsbd_utils.defenses import DEFENSES, DefenseContext
+>>> DEFENSES["ibau"].title, DEFENSES["ibau"].url
+('i-BAU', 'https://arxiv.org/abs/2110.03735')
+>>> result = DEFENSES["tsbd"](model, splits.clean, DEFENSES["tsbd"].for_profile(profile), spec=splits.spec, seed=0)
 """
 
 # Import order is registration order: TSBD first, then the baselines in Table 1 order.
 from __future__ import annotations
 
-from .base import DEFENSE_CONFIGS, DEFENSES, Defense, DefenseResult, config_for
+from .base import DEFENSE_CONFIGS, DEFENSES, Defense, DefenseContext, DefenseResult, DefenseSpec, config_for
 from .tsbd import ActivenessAwareStep, TSBDConfig, activeness_aware_finetune, zero_reinit
 from .ft import FTConfig
 from .fp import FPConfig
 from .nad import NADConfig
 from .nc import NCConfig
+from .anp import ANPConfig
 from .clp import CLPConfig
 from .ibau import IBAUConfig
-from .anp import ANPConfig
 from .rnp import RNPConfig
 from .common import FineTuning, OracleData
 
@@ -25,7 +28,9 @@ __all__ = [
     "DEFENSE_CONFIGS",
     "config_for",
     "Defense",
+    "DefenseContext",
     "DefenseResult",
+    "DefenseSpec",
     "ActivenessAwareStep",
     "TSBDConfig",
     "activeness_aware_finetune",

@@ -55,7 +55,7 @@ from ..config import Profile, replace_checked
 from ..data import DatasetSpec, ImageData
 from ..rng import generator
 from ..training import channels_last_safe
-from .base import DEFENSE_CONFIGS, DEFENSES, DefenseResult
+from .base import DefenseResult, DefenseSpec, register
 from .common import OracleData, check_choice, scaled_epochs, working_copy
 from .masks import (
     attach_masks,
@@ -176,10 +176,8 @@ def learn_masks(
     return mask_values(masked), log
 
 
-DEFENSE_CONFIGS.register("anp", ANPConfig)
 
 
-@DEFENSES.register("anp")
 def defend(
     model: nn.Module,
     clean: ImageData,
@@ -203,3 +201,20 @@ def defend(
     pruned, threshold, rows = prune_sweep(model, masks, config, clean=clean, device=device, oracle=oracle)
     record = pruning_record(config, masks, threshold, rows, iterations=config.iterations, log=log)
     return DefenseResult(pruned, record)
+
+
+register(
+    DefenseSpec(
+        name="anp",
+        title="ANP",
+        paper=(
+            'Wu and Wang, "Adversarial Neuron Pruning Purifies Backdoored Deep Models", NeurIPS 2021'
+        ),
+        url="https://arxiv.org/abs/2110.14430",
+        config=ANPConfig,
+        defend=defend,
+        holds="5% clean training data",
+        options=("oracle",),
+        paper_average=(91.02, 36.53, 80.2),
+    )
+)

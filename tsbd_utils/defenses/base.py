@@ -1,20 +1,34 @@
-"""What every defense returns, and the registry that finds defenses by name.
+"""What every defense is, what it receives, what it returns, and the registry that finds it by name.
 
-A defense is a function ``defend(model, clean, config=None, *, spec, seed, device, ...)`` that
-takes a backdoored model and the defender's clean images and returns a :class:`DefenseResult`.
+A defense is a function ``defend(model, clean, config=None, *, spec, seed, device, progress, ...)``
+that takes a backdoored model and the defender's clean images and returns a :class:`DefenseResult`.
 It never modifies the model it is given. ``spec`` (the dataset: augmentation, classes) is part of
 every call, since every defense that fine-tunes needs the dataset's augmentation.
+
+Each module registers one :class:`DefenseSpec` in ``DEFENSES``: the function together with its
+name, the title used in tables and plots, its paper, its config class and the optional inputs it
+takes. A spec is called like the function (``DEFENSES["ft"](model, clean, config, spec=..., seed=0)``)
+or run on a :class:`DefenseContext`, as attacks run on an ``AttackContext``:
+
+>>> ctx = DefenseContext(clean=splits.clean, spec=splits.spec, seed=0)
+>>> result = DEFENSES["ft"].run(model, ctx, DEFENSES["ft"].for_profile(profile))
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Protocol
 
+import torch
 from torch import nn
 
 from ..config import Profile
 from ..registry import Registry
+
+if TYPE_CHECKING:  # only for annotations: common imports training, which base need not load
+    from ..data import DatasetSpec, ImageData
+    from .common import OracleData
 
 
 @dataclass
@@ -29,19 +43,88 @@ class Defense(Protocol):
     def __call__(self, model: nn.Module, clean: Any, config: Any = None, **kwargs: Any) -> DefenseResult: ...
 
 
-DEFENSES: Registry[Defense] = Registry("defense")
-
-
 class DefenseConfig(Protocol):
     @classmethod
     def for_profile(cls, profile: Profile, **overrides: Any) -> DefenseConfig: ...
 
 
-DEFENSE_CONFIGS: Registry[type[DefenseConfig]] = Registry("defense config")
-"""Each defense's config class, under the defense's key: ``config_for`` builds the profile's."""
+@dataclass(frozen=True)
+class DefenseContext:
+    """What a defense may use besides the model and its config. The zoo builds it from a notebook
+    session; tests build small ones. Optional inputs reach only the defenses that declare them
+    (``DefenseSpec.options``)."""
+
+    clean: ImageData | None  # the defender's clean images (None for a data-free defense such as CLP)
+    spec: DatasetSpec | None  # image shape, classes, augmentation
+    seed: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    progress: bool = False
+    oracle: OracleData | None = None  # test set and trigger, for a labelled oracle choice (FP, ANP, RNP)
+    eval_fn: Callable[[nn.Module], dict[str, float]] | None = None  # per-epoch curves (TSBD's stage 2)
+
+
+COMMON_INPUTS = ("clean", "spec", "seed", "device", "progress")  # every defense takes these
+CONTEXT_OPTIONS = tuple(f.name for f in fields(DefenseContext) if f.name not in COMMON_INPUTS)
+
+
+@dataclass(frozen=True)
+class DefenseSpec:
+    """One defense: what it is called, where it comes from, how it is configured, and the function."""
+
+    name: str  # registry key, lower case
+    title: str  # short label for tables and plots, as the paper writes it
+    paper: str  # citation: authors, title, venue and year
+    url: str  # where to read the paper
+    config: type[DefenseConfig]  # its config class; ``for_profile`` builds the profile's
+    defend: Defense  # the function itself
+    holds: str  # what the defender needs, in words (for tables of budgets and threat models)
+    options: tuple[str, ...] = ()  # optional DefenseContext fields the function takes (``oracle``, ``eval_fn``)
+    paper_average: tuple[float, float, float] | None = None  # TSBD paper's Table 1 averages: ACC, ASR, DER (%)
+
+    def __post_init__(self) -> None:
+        unknown = [o for o in self.options if o not in CONTEXT_OPTIONS]
+        if unknown:
+            raise ValueError(f"unknown defense option(s) {unknown}; allowed: {', '.join(CONTEXT_OPTIONS)}")
+
+    def __call__(self, model: nn.Module, clean: Any, config: Any = None, **kwargs: Any) -> DefenseResult:
+        return self.defend(model, clean, config, **kwargs)
+
+    def for_profile(self, profile: Profile, **overrides: Any) -> Any:
+        """This defense's config at ``profile``'s scale (paper: the published defaults)."""
+        return self.config.for_profile(profile, **overrides)
+
+    def run(self, model: nn.Module, context: DefenseContext, config: Any = None, **extra: Any) -> DefenseResult:
+        """Run on ``context``: the common inputs, plus the optional ones this defense declares and
+        the context holds; ``extra`` passes defense-specific arguments (TSBD's ``unlearned``)."""
+        options = {o: getattr(context, o) for o in self.options if getattr(context, o) is not None}
+        common = dict(spec=context.spec, seed=context.seed, device=context.device, progress=context.progress)
+        return self.defend(model, context.clean, config, **common, **options, **extra)
+
+
+DEFENSES: Registry[DefenseSpec] = Registry("defense")
+
+
+def register(spec: DefenseSpec) -> DefenseSpec:
+    """Add ``spec`` to ``DEFENSES`` under its name (import order is table order)."""
+    return DEFENSES.register(spec.name, spec)
+
+
+class _ConfigView(Mapping[str, type]):
+    """Each defense's config class by name, read from ``DEFENSES`` (never kept in step by hand)."""
+
+    def __getitem__(self, name: str) -> type:
+        return DEFENSES[name].config
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(DEFENSES)
+
+    def __len__(self) -> int:
+        return len(DEFENSES)
+
+
+DEFENSE_CONFIGS: Mapping[str, type] = _ConfigView()
 
 
 def config_for(name: str, profile: Profile, **overrides: Any) -> Any:
     """Defense ``name``'s config at ``profile``'s scale (paper: the published defaults)."""
-    DEFENSES.check(name)
-    return DEFENSE_CONFIGS[name].for_profile(profile, **overrides)
+    return DEFENSES[name].for_profile(profile, **overrides)

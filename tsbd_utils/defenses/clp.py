@@ -34,7 +34,7 @@ from torch import nn
 
 from ..config import Profile, replace_checked
 from ..data import DatasetSpec
-from .base import DEFENSE_CONFIGS, DEFENSES, DefenseResult
+from .base import DefenseResult, DefenseSpec, register
 from .common import working_copy
 
 
@@ -74,10 +74,8 @@ def channel_lipschitz(model: nn.Module) -> dict[str, tuple[str, torch.Tensor]]:
     return result
 
 
-DEFENSE_CONFIGS.register("clp", CLPConfig)
 
 
-@DEFENSES.register("clp")
 def defend(
     model: nn.Module,
     clean: Any = None,
@@ -108,3 +106,20 @@ def defend(
         total += len(index)
     record = {"pruned": total, "pruned_channels": layers, "pairs": pairs, "config": dataclasses.asdict(config)}
     return DefenseResult(repaired.eval(), record)
+
+
+register(
+    DefenseSpec(
+        name="clp",
+        title="CLP",
+        paper=(
+            'Zheng, Tang, Li and Liu, "Data-Free Backdoor Removal Based on Channel Lipschitzness", ECCV 2022'
+        ),
+        url="https://arxiv.org/abs/2208.03111",
+        config=CLPConfig,
+        defend=defend,
+        holds="no data",
+        options=(),
+        paper_average=(89.32, 78.01, 58.68),
+    )
+)

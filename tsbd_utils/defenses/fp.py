@@ -38,7 +38,7 @@ from torch.nn.utils import prune
 from .. import metrics
 from ..config import Profile, replace_checked
 from ..data import DatasetSpec, ImageData
-from .base import DEFENSE_CONFIGS, DEFENSES, DefenseResult
+from .base import DefenseResult, DefenseSpec, register
 from .common import PRUNING_CHOICES, FineTuning, OracleData, check_choice, fine_tune, select_amount, working_copy
 
 
@@ -90,10 +90,8 @@ def _predict_pruned(head: nn.Linear, features: torch.Tensor, keep: torch.Tensor)
     return logits.argmax(1)
 
 
-DEFENSE_CONFIGS.register("fp", FPConfig)
 
 
-@DEFENSES.register("fp")
 def defend(
     model: nn.Module,
     clean: ImageData,
@@ -147,3 +145,21 @@ def defend(
         "config": dataclasses.asdict(config),
     }
     return DefenseResult(repaired.eval(), record)
+
+
+register(
+    DefenseSpec(
+        name="fp",
+        title="FP",
+        paper=(
+            'Liu, Dolan-Gavitt and Garg, '
+            '"Fine-Pruning: Defending Against Backdooring Attacks on Deep Neural Networks", RAID 2018'
+        ),
+        url="https://arxiv.org/abs/1805.12185",
+        config=FPConfig,
+        defend=defend,
+        holds="5% clean training data",
+        options=("oracle",),
+        paper_average=(91.84, 54.67, 71.19),
+    )
+)

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..config import Profile, replace_checked
 from ..data import DatasetSpec, ImageData
-from .base import DEFENSE_CONFIGS, DEFENSES, DefenseResult
+from .base import DefenseResult, DefenseSpec, register
 from .common import FineTuning, fine_tune, working_copy
 
 
@@ -45,10 +45,8 @@ class FTConfig:
         return replace_checked(cls(finetune=FineTuning().scaled(profile)), **overrides)
 
 
-DEFENSE_CONFIGS.register("ft", FTConfig)
 
 
-@DEFENSES.register("ft")
 def defend(
     model: nn.Module,
     clean: ImageData,
@@ -65,3 +63,22 @@ def defend(
     history = fine_tune(repaired, clean, config.finetune, spec=spec, seed=seed, device=device, progress=progress)
     record = {"epochs": config.finetune.epochs, "history": history.to_dict(), "config": dataclasses.asdict(config)}
     return DefenseResult(repaired.eval(), record)
+
+
+register(
+    DefenseSpec(
+        name="ft",
+        title="FT",
+        paper=(
+            'Liu, Dolan-Gavitt and Garg, '
+            '"Fine-Pruning: Defending Against Backdooring Attacks on Deep Neural Networks", '
+            'RAID 2018 (fine-tuning as a baseline)'
+        ),
+        url="https://arxiv.org/abs/1805.12185",
+        config=FTConfig,
+        defend=defend,
+        holds="5% clean training data",
+        options=(),
+        paper_average=(92.13, 34.75, 80.98),
+    )
+)

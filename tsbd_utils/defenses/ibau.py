@@ -57,7 +57,7 @@ from ..augment import augment
 from ..config import Profile, replace_checked
 from ..data import DatasetSpec, ImageData
 from ..rng import generator
-from .base import DEFENSE_CONFIGS, DEFENSES, DefenseResult
+from .base import DefenseResult, DefenseSpec, register
 from .common import clean_accuracy, scaled_epochs, working_copy
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -239,10 +239,8 @@ def universal_perturbation(
     return fit_perturbation(net, batches, config)[0][0].cpu()
 
 
-DEFENSE_CONFIGS.register("ibau", IBAUConfig)
 
 
-@DEFENSES.register("ibau")
 def defend(
     model: nn.Module,
     clean: ImageData,
@@ -303,3 +301,21 @@ def defend(
         "config": dataclasses.asdict(config),
     }
     return DefenseResult(repaired.eval(), record)
+
+
+register(
+    DefenseSpec(
+        name="ibau",
+        title="i-BAU",
+        paper=(
+            'Zeng, Chen, Park, Mao, Jin and Jia, '
+            '"Adversarial Unlearning of Backdoors via Implicit Hypergradient", ICLR 2022'
+        ),
+        url="https://arxiv.org/abs/2110.03735",
+        config=IBAUConfig,
+        defend=defend,
+        holds="5% clean training data",
+        options=(),
+        paper_average=(87.86, 17.44, 88.11),
+    )
+)

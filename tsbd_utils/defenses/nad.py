@@ -39,7 +39,7 @@ from torch import nn
 from ..config import Profile, replace_checked
 from ..data import DatasetSpec, ImageData
 from ..training import Step
-from .base import DEFENSE_CONFIGS, DEFENSES, DefenseResult
+from .base import DefenseResult, DefenseSpec, register
 from .common import FineTuning, fine_tune, scaled_epochs, working_copy
 
 # BackdoorBench's betas for PreActResNet18: layer3 output, layer4 output (the pooled point is dropped, see above).
@@ -120,10 +120,8 @@ class AttentionDistillationStep(Step):
         return ce.detach(), logits.detach()
 
 
-DEFENSE_CONFIGS.register("nad", NADConfig)
 
 
-@DEFENSES.register("nad")
 def defend(
     model: nn.Module,
     clean: ImageData,
@@ -158,3 +156,21 @@ def defend(
         "config": dataclasses.asdict(config),
     }
     return DefenseResult(student.eval(), record)
+
+
+register(
+    DefenseSpec(
+        name="nad",
+        title="NAD",
+        paper=(
+            'Li, Lyu, Koren, Lyu, Li and Ma, '
+            '"Neural Attention Distillation: Erasing Backdoor Triggers from Deep Neural Networks", ICLR 2021'
+        ),
+        url="https://arxiv.org/abs/2101.05930",
+        config=NADConfig,
+        defend=defend,
+        holds="5% clean training data",
+        options=(),
+        paper_average=(91.82, 33.01, 81.76),
+    )
+)

@@ -55,7 +55,7 @@ from ..config import Profile, replace_checked
 from ..data import DatasetSpec, ImageData
 from ..rng import generator
 from ..training import channels_last_safe
-from .base import DEFENSE_CONFIGS, DEFENSES, DefenseResult
+from .base import DefenseResult, DefenseSpec, register
 from .common import FineTuning, capped_epochs, fine_tune, working_copy
 
 MAD_CONSISTENCY = 1.4826  # 1.4826 * MAD estimates the standard deviation of normally distributed norms
@@ -133,7 +133,6 @@ class NCConfig:
         return replace_checked(base, **overrides)
 
 
-DEFENSE_CONFIGS.register("nc", NCConfig)
 
 
 @dataclass(frozen=True)
@@ -356,7 +355,6 @@ def unlearning_set(clean: ImageData, triggers: Sequence[Trigger], ratio: float, 
     return ImageData(x, clean.y)
 
 
-@DEFENSES.register("nc")
 def defend(
     model: nn.Module,
     clean: ImageData,
@@ -404,3 +402,21 @@ def defend(
         )
         record.update(unlearning_images=int(len(clean) * config.unlearning_ratio), finetune=history.to_dict())
     return DefenseResult(repaired.eval(), record)
+
+
+register(
+    DefenseSpec(
+        name="nc",
+        title="NC",
+        paper=(
+            'Wang, Yao, Shan, Li, Viswanath, Zheng and Zhao, '
+            '"Neural Cleanse: Identifying and Mitigating Backdoor Attacks in Neural Networks", IEEE S&P 2019'
+        ),
+        url="https://doi.org/10.1109/SP.2019.00031",
+        config=NCConfig,
+        defend=defend,
+        holds="5% clean training data",
+        options=(),
+        paper_average=(90.72, 27.24, 84.56),
+    )
+)

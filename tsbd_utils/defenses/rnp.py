@@ -55,7 +55,7 @@ from ..config import Profile, TrainConfig, replace_checked
 from ..data import DatasetSpec, ImageData
 from ..observations import AscentStep
 from ..training import Step, train
-from .base import DEFENSE_CONFIGS, DEFENSES, DefenseResult
+from .base import DefenseResult, DefenseSpec, register
 from .common import OracleData, capped_epochs, check_choice, working_copy
 from .masks import (
     attach_masks,
@@ -250,10 +250,8 @@ def unlearn_and_recover(
     return mask_values(unlearned), record
 
 
-DEFENSE_CONFIGS.register("rnp", RNPConfig)
 
 
-@DEFENSES.register("rnp")
 def defend(
     model: nn.Module,
     clean: ImageData,
@@ -278,3 +276,21 @@ def defend(
     pruned, threshold, rows = prune_sweep(model, masks, config, clean=clean, device=device, oracle=oracle)
     record = pruning_record(config, masks, threshold, rows, **stages)
     return DefenseResult(pruned, record)
+
+
+register(
+    DefenseSpec(
+        name="rnp",
+        title="RNP",
+        paper=(
+            'Li, Lyu, Ma, Koren, Lyu, Li and Jiang, '
+            '"Reconstructive Neuron Pruning for Backdoor Defense", ICML 2023'
+        ),
+        url="https://arxiv.org/abs/2305.14876",
+        config=RNPConfig,
+        defend=defend,
+        holds="1% clean training data",
+        options=("oracle",),
+        paper_average=(88.99, 29.28, 82.83),
+    )
+)

@@ -38,7 +38,7 @@ from ..config import Profile, TrainConfig, replace_checked
 from ..data import DatasetSpec, ImageData
 from ..observations import UnlearnConfig, Unlearned, clean_unlearn, flatten_layers, nwc_layers, weight_changes
 from ..training import BatchTransform, History, Step, train
-from .base import DEFENSE_CONFIGS, DEFENSES, DefenseResult
+from .base import DefenseResult, DefenseSpec, register
 from .common import capped_epochs
 
 @dataclass(frozen=True)
@@ -304,10 +304,8 @@ def activeness_aware_finetune(
 # Both stages
 
 
-DEFENSE_CONFIGS.register("tsbd", TSBDConfig)
 
 
-@DEFENSES.register("tsbd")
 def defend(
     model: nn.Module,
     clean: ImageData,
@@ -357,3 +355,22 @@ def defend(
         "config": dataclasses.asdict(config),
     }
     return DefenseResult(repaired.eval(), record)
+
+
+register(
+    DefenseSpec(
+        name="tsbd",
+        title="TSBD",
+        paper=(
+            'Lin, Liu, Wei, Li and Xiong, '
+            '"Unveiling and Mitigating Backdoor Vulnerabilities based on Unlearning Weight Changes '
+            'and Backdoor Activeness", NeurIPS 2024'
+        ),
+        url="https://arxiv.org/abs/2405.20291",
+        config=TSBDConfig,
+        defend=defend,
+        holds="5% clean training data",
+        options=("eval_fn",),
+        paper_average=(91.7, 2.18, 97.09),
+    )
+)

@@ -1,0 +1,64 @@
+"""The models and numbers every notebook shares, computed once and then read from the cache.
+
+One module per job:
+
+* :mod:`.keys`: the cache key of each model (what determines it);
+* :mod:`.trained`: the clean, backdoored and unlearned models (notebooks 00-02 train them);
+* :mod:`.defended`: TSBD and the baselines run on the backdoored models (notebooks 05, 06);
+* :mod:`.evaluation`: ACC / ASR / RA on the evaluation images, and the per-attack table.
+
+Example:
+    >>> from tsbd_utils import session, zoo
+    >>> S = session.start("06", profile="quick")
+    >>> d = zoo.defended_model(S, "badnets", "ft")
+    >>> zoo.by_attack(zoo.evaluation_table(S, {"FT": {"badnets": d}}, before="no defense"))
+"""
+
+from __future__ import annotations
+
+from .defended import Defended, defended_model, defense_context, tsbd_model
+from .evaluation import (
+    METRICS,
+    backdoor_evaluation,
+    by_attack,
+    curve_eval,
+    evaluate,
+    evaluate_cached,
+    evaluation_set,
+    evaluation_table,
+    oracle_data,
+    test_accuracy,
+    trigger_floor,
+)
+from .keys import backdoor_fields, clean_fields, evaluation_key, model_fields, unlearn_config
+from .trained import Backdoored, Trained, attack_context, backdoored_model, clean_model, on_device, unlearned_model
+
+__all__ = [
+    "Backdoored",
+    "Defended",
+    "METRICS",
+    "Trained",
+    "attack_context",
+    "backdoor_evaluation",
+    "backdoor_fields",
+    "backdoored_model",
+    "by_attack",
+    "clean_fields",
+    "clean_model",
+    "curve_eval",
+    "defended_model",
+    "defense_context",
+    "evaluate",
+    "evaluate_cached",
+    "evaluation_key",
+    "evaluation_set",
+    "evaluation_table",
+    "model_fields",
+    "on_device",
+    "oracle_data",
+    "test_accuracy",
+    "trigger_floor",
+    "tsbd_model",
+    "unlearn_config",
+    "unlearned_model",
+]

@@ -1,0 +1,122 @@
+"""Defended models: TSBD and the eight baselines run on the zoo's backdoored models, through the cache.
+
+A defended model's key is its backdoored model's key plus the defense and its config (for TSBD,
+also the ranking and stage-2 options that are not the default), so notebook 06 computes each of
+its 64 runs once and every later notebook reads them back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ..defenses import DEFENSES, DefenseContext, DefenseResult, TSBDConfig
+from ..observations import UNLEARN_MODES
+from ..session import Session
+from ..shortcut import PhotometricConfig, PhotometricLift
+from .evaluation import curve_eval, oracle_data
+from .keys import model_fields, unlearn_config
+from .trained import backdoored_model, cached_model, unlearned_model
+
+
+@dataclass
+class Defended:
+    """A defended model, the defense's record (per-epoch curves included) and its provenance."""
+
+    model: nn.Module
+    record: dict[str, Any]
+    info: dict[str, Any]  # device, compute_seconds, created
+    fields: dict[str, Any] | None = None  # its cache key, for evaluate_cached (None: not cached)
+
+
+def defense_context(session: Session, progress: bool = False, **options: Any) -> DefenseContext:
+    """What a defense may use under ``session``: the defender's clean images, the dataset, seed and
+    device; ``options`` sets the optional inputs (``oracle``, ``eval_fn``)."""
+    splits = session.splits
+    return DefenseContext(
+        clean=splits.clean, spec=splits.spec, seed=session.seed, device=session.device, progress=progress, **options
+    )
+
+
+def _defended_cached(session: Session, fields: dict[str, Any], run) -> Defended:
+    """The defended model whose cache key is ``fields``; on a miss ``run()`` computes its ``DefenseResult``."""
+
+    def fit(m: nn.Module) -> dict[str, Any]:
+        result: DefenseResult = run()
+        m.load_state_dict(result.model.state_dict())
+        return {"record": result.record}
+
+    model, extras, info = cached_model(session, fields, fit)
+    return Defended(model, extras["record"], info, fields)
+
+
+def tsbd_model(
+    session: Session,
+    name: str,
+    config: TSBDConfig | None = None,
+    curve_size: int = 0,
+    ranking: str = "clean",
+    photometric: PhotometricConfig | None = None,
+    progress: bool = False,
+) -> Defended:
+    """TSBD (or, with ``alpha=0``, stage 1 + vanilla fine-tuning) on attack ``name``'s model; cached.
+
+    Stage 1 reuses the cached unlearning of :func:`.trained.unlearned_model`: ``ranking="clean"`` is
+    TSBD; ``ranking="poison"`` ranks neurons by *poison* unlearning instead, an oracle no defender has
+    (it needs the trigger), used only to ask whether a failure comes from the ranking. ``curve_size
+    > 0`` records ACC / ASR on subsets of that many images after every stage-2 epoch (in the record).
+    ``photometric`` fine-tunes with :class:`~tsbd_utils.shortcut.PhotometricLift` on the clean images:
+    a labelled variant that tests the background-shortcut explanation, not TSBD as published.
+    """
+    if ranking not in UNLEARN_MODES:
+        raise ValueError(f"unknown ranking {ranking!r}; allowed: {', '.join(UNLEARN_MODES)}")
+    config = config or TSBDConfig.for_profile(session.profile)
+    bd = backdoored_model(session, name, progress=progress)
+
+    def run() -> DefenseResult:
+        # Only on a cache miss: a cached TSBD model needs neither the unlearned model nor a run.
+        unlearn = config.unlearn if ranking == "clean" else unlearn_config(session.profile, "poison")
+        unlearned = unlearned_model(session, name, ranking, unlearn, progress=progress)
+        eval_fn = curve_eval(session, bd.attack, curve_size) if curve_size > 0 else None
+        context = defense_context(session, progress, eval_fn=eval_fn)
+        lift = PhotometricLift(photometric) if photometric is not None else None
+        return DEFENSES["tsbd"].run(bd.model, context, config, unlearned=unlearned, batch_transform=lift)
+
+    fields = model_fields(
+        session,
+        "tsbd",
+        attack=name,
+        attack_config=bd.attack.config,
+        tsbd=config,
+        curve_size=curve_size,
+        **({"ranking": ranking} if ranking != "clean" else {}),  # TSBD's own entries keep their keys
+        **({"photometric": photometric} if photometric is not None else {}),
+    )
+    return _defended_cached(session, fields, run)
+
+
+def defended_model(session: Session, name: str, defense: str, config: Any = None, progress: bool = False) -> Defended:
+    """Defense ``defense`` (a key of ``DEFENSES``) on attack ``name``'s model; cached.
+
+    ``config`` defaults to the profile's (``DEFENSES[defense].for_profile``). A config whose
+    ``choice`` is ``"oracle"`` gets the test set (:func:`.evaluation.oracle_data`). Notebooks use
+    :func:`tsbd_model` for TSBD, which reuses the cached clean unlearning of notebook 02.
+    """
+    spec = DEFENSES[defense]
+    config = config or spec.for_profile(session.profile)
+    bd = backdoored_model(session, name, progress=progress)
+    oracle = getattr(config, "choice", None) == "oracle"
+
+    def run() -> DefenseResult:
+        options = {"oracle": oracle_data(session, bd.attack)} if oracle else {}
+        return spec.run(bd.model, defense_context(session, progress, **options), config)
+
+    # An oracle's choice depends on the test images it reads, so they join its key (clean-rule keys are unchanged).
+    p = session.profile
+    oracle_key = {"oracle_images": [p.test_size, p.eval_size]} if oracle else {}
+    fields = model_fields(
+        session, "defended", attack=name, attack_config=bd.attack.config, defense=defense, config=config, **oracle_key
+    )
+    return _defended_cached(session, fields, run)
