@@ -25,6 +25,7 @@ def cache_dir(tmp_path_factory) -> str:
 def _isolated_env(monkeypatch, tmp_path_factory):
     """No test reads the developer's cache or data settings by accident."""
     monkeypatch.delenv("TSBD_CACHE_DIR", raising=False)
+    monkeypatch.delenv("TSBD_CACHE_READ_ONLY", raising=False)
     yield
 
 

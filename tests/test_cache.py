@@ -145,3 +145,80 @@ def test_location_explicit_then_environment_then_project(tmp_path, monkeypatch):
     assert Cache.at(None).root == tmp_path / "env"
     monkeypatch.delenv("TSBD_CACHE_DIR")
     assert Cache.at(None).root == paths.project_root() / ".cache"
+
+
+def _edit_metadata(path: Path, key: str, value: str) -> None:
+    """Rewrite one metadata field of a safetensors file in place, as a hand edit would (valid file, new text)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        meta = dict(handle.metadata())
+    meta[key] = value
+    save_file(load_file(str(path)), str(path), metadata=meta)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("tsbd.info", json.dumps({"compute_seconds": 0.001, "device": "cuda"})),  # provenance made up
+    ("tsbd.fields", json.dumps({"k": 2})),  # the fields it claims to answer
+])
+def test_an_edited_entry_is_detected_not_reported(tmp_path, field, value):
+    cache = Cache(tmp_path)
+    compute = Counter(make_value())
+    cache.get_or_compute("model", {"k": 1}, compute)
+    _edit_metadata(cache.path("model", {"k": 1}), field, value)
+    with pytest.warns(UserWarning, match="do not match the seal"):
+        _, info = cache.get_or_compute_with_info("model", {"k": 1}, compute)
+    assert compute.calls == 2 and info.get("device") != "cuda"
+
+
+def test_an_entry_written_before_sealing_is_checked_then_sealed(tmp_path):
+    cache = Cache(tmp_path)
+    compute = Counter(make_value())
+    cache.get_or_compute("model", {"k": 1}, compute)
+    path = cache.path("model", {"k": 1})
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        meta = {k: v for k, v in handle.metadata().items() if k != "tsbd.seal"}
+    save_file(load_file(str(path)), str(path), metadata=meta)  # as an older version wrote it
+    value = cache.get_or_compute("model", {"k": 1}, compute)
+    assert compute.calls == 1 and value["acc"] == 0.875  # a hit: the key did not change
+    with safe_open(str(path), framework="pt") as handle:
+        assert "tsbd.seal" in handle.metadata()
+
+
+def test_a_read_only_cache_recomputes_a_damaged_entry_warns_and_writes_nothing(tmp_path):
+    Cache(tmp_path).get_or_compute("model", {"k": 1}, Counter(make_value()))
+    path = Cache(tmp_path).path("model", {"k": 1})
+    damaged = path.read_bytes()[:-7]
+    path.write_bytes(damaged)
+    cache = Cache(tmp_path, read_only=True)
+    compute = Counter(make_value())
+    with pytest.warns(UserWarning) as caught:
+        value = cache.get_or_compute("model", {"k": 1}, compute)
+        cache.get_or_compute("model", {"k": 2}, compute)  # missing: computed, not stored
+    assert compute.calls == 2 and value["acc"] == 0.875
+    messages = " ".join(str(w.message) for w in caught)
+    assert "left in place (read-only cache)" in messages and "computed and not stored" in messages
+    assert path.read_bytes() == damaged and not cache.path("model", {"k": 2}).exists()
+
+
+def test_a_failed_write_warns_and_still_returns_the_value(tmp_path, monkeypatch):
+    cache = Cache(tmp_path)
+
+    def broken(tensors, filename, metadata=None):
+        raise OSError("read-only file system")
+
+    monkeypatch.setattr(cache_mod, "save_file", broken)
+    with pytest.warns(UserWarning, match="could not store model .*read-only file system"):
+        value = cache.get_or_compute("model", {"k": 1}, Counter(make_value()))
+    assert value["acc"] == 0.875
+
+
+@pytest.mark.parametrize("setting, expected", [("", False), ("0", False), ("no", False), ("1", True), ("TRUE", True)])
+def test_read_only_comes_from_the_environment(monkeypatch, tmp_path, setting, expected):
+    monkeypatch.setenv("TSBD_CACHE_READ_ONLY", setting)
+    assert Cache.at(tmp_path).read_only is expected
+    assert Cache.at(tmp_path, read_only=not expected).read_only is (not expected)

@@ -10,7 +10,7 @@ from torch import nn
 
 from tsbd_utils import data, models
 from tsbd_utils.config import PROFILES
-from tsbd_utils.defenses import DEFENSES, anp, masks
+from tsbd_utils.defenses import DEFENSES, anp, masks, pruning
 from tsbd_utils.defenses.anp import ANPConfig
 from tsbd_utils.defenses.common import OracleData
 
@@ -129,9 +129,9 @@ def test_prune_neurons_zeroes_exactly_the_neurons_whose_mask_is_below_the_thresh
 
 def test_thresholds_are_backdoorbenchs_sweep():
     config = ANPConfig()
-    t = masks.thresholds(config.pruning_max, config.pruning_step)
+    t = pruning.thresholds(config.pruning_max, config.pruning_step)
     assert len(t) == 19 and t[0] == 0.0 and t[-1] == 0.9 and t[1] == 0.05
-    assert masks.thresholds(0.9, 0.2) == [0.0, 0.2, 0.4, 0.6, 0.8]
+    assert pruning.thresholds(0.9, 0.2) == [0.0, 0.2, 0.4, 0.6, 0.8]
 
 
 def test_anp_through_the_registry_prunes_a_copy_and_records_json():
@@ -144,7 +144,7 @@ def test_anp_through_the_registry_prunes_a_copy_and_records_json():
     assert not any(isinstance(m, masks.MaskedBatchNorm2d) for m in out.modules())
     assert set(out.state_dict()) == set(before)
     record = json.loads(json.dumps(result.record))
-    assert [row["amount"] for row in record["rows"]] == masks.thresholds(0.9, 0.1)
+    assert [row["amount"] for row in record["rows"]] == pruning.thresholds(0.9, 0.1)
     assert record["rows"][0]["pruned"] == 0 and record["neurons"] == len(masks.flat_masks(record["masks"]))
     assert record["iterations"] == 4 and [e["iteration"] for e in record["log"]] == [1, 2, 3, 4]
     flat = masks.flat_masks(record["masks"])

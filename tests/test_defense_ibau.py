@@ -13,7 +13,8 @@ from torch.func import functional_call
 from tsbd_utils import config, data, models
 from tsbd_utils.data import ImageData
 from tsbd_utils.defenses import DEFENSES, ibau
-from tsbd_utils.defenses.ibau import IBAUConfig, implicit_hypergradient, universal_perturbation
+from tsbd_utils.defenses.hypergradient import implicit_hypergradient
+from tsbd_utils.defenses.ibau import IBAUConfig, universal_perturbation
 
 SPEC = dataclasses.replace(data.DATASETS["fashion_mnist"], mean=(0.3,), std=(0.3,), crop_pad=1)
 TINY = IBAUConfig(n_rounds=2, batch_size=8, portion=0.25)  # 2 of each 8 images get delta

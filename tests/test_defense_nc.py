@@ -13,7 +13,7 @@ from torch import nn
 from tsbd_utils import config as tconfig
 from tsbd_utils import data, models
 from tsbd_utils.data import ImageData
-from tsbd_utils.defenses import DEFENSES, config_for, nc
+from tsbd_utils.defenses import DEFENSES, config_for, nc, nc_reverse
 from tsbd_utils.defenses.common import FineTuning
 
 
@@ -86,7 +86,7 @@ def test_zero_mad_makes_a_lower_norm_infinitely_anomalous():
 
 def test_cost_schedule_and_early_stop_follow_backdoorbench():
     config = nc.NCConfig(patience=2, early_stop_patience=3)
-    s = nc._Schedule(config, config.init_cost)
+    s = nc_reverse._Schedule(config, config.init_cost)
     mask, pattern = torch.zeros(1, 2, 2), torch.zeros(1, 2, 2)
     assert not s.end_epoch(0.5, 10.0, mask + 0.9, pattern)  # failed: first epoch's mask kept as fallback
     assert s.best[0][0, 0, 0] == pytest.approx(0.9) and s.reg_best == math.inf

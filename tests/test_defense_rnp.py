@@ -9,7 +9,7 @@ import torch
 
 from tsbd_utils import data, models
 from tsbd_utils.config import PROFILES
-from tsbd_utils.defenses import DEFENSES, masks, rnp
+from tsbd_utils.defenses import DEFENSES, masks, pruning, rnp
 from tsbd_utils.defenses.common import OracleData
 from tsbd_utils.defenses.rnp import MultiStepAscent, RNPConfig
 
@@ -51,7 +51,7 @@ def test_rnp_through_the_registry_prunes_a_copy_and_records_json():
     record = json.loads(json.dumps(result.record))
     assert record["clean_images"] == 20 and record["recovery"]["epochs"] == 3
     assert 1 <= record["unlearning"]["epochs"] <= 3
-    assert [row["amount"] for row in record["rows"]] == masks.thresholds(0.9, 0.1)
+    assert [row["amount"] for row in record["rows"]] == pruning.thresholds(0.9, 0.1)
     flat = masks.flat_masks(record["masks"])
     assert len(flat) == record["neurons"] and 0 <= flat.min() and flat.max() <= 1
     t = record["threshold"]

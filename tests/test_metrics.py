@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -71,3 +73,17 @@ def test_predict_refuses_images_out_of_range(images, message):
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
     with pytest.raises(ValueError, match=message):
         metrics.predict(model, images)
+
+
+def test_weight_distance_is_zero_only_for_unchanged_weights_and_counts_batchnorm_statistics():
+    from tsbd_utils.metrics import weight_distance
+
+    a = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    b = copy.deepcopy(a)
+    assert weight_distance(a, b) == 0.0
+    with torch.no_grad():
+        b[0].weight[0, 0, 0, 0] += 3.0
+        b[1].running_mean[1] += 4.0  # a buffer, not a parameter
+    assert weight_distance(a, b) == pytest.approx(5.0)
+    with pytest.raises(ValueError, match="differ in their tensors"):
+        weight_distance(a, nn.Sequential(nn.Conv2d(1, 2, 3)))

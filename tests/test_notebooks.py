@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tsbd_utils import reproduce
+from tsbd_utils import metrics, reproduce
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = reproduce.notebooks(NOTEBOOKS_DIR)
@@ -141,6 +141,13 @@ EXPECTED: dict[str, dict] = {
             and r["config"]["epochs"] == 2
             and all(len(c[k]) == 2 for c in r["curves"].values() for k in ("vanilla", "tsbd"))
             and all(0 <= a["asr_tsbd"] <= 1 and 0 <= a["der_tsbd"] <= 1 for a in r["attacks"].values())
+            # the table's columns, each DER computed from its own ACC / ASR pairs, the average their mean
+            and all(set(a) == TSBD_COLUMNS for a in r["attacks"].values()) and set(r["average"]) == TSBD_COLUMNS
+            and all(
+                abs(a[f"der_{m}"] - _der(a["acc_backdoored"], a["asr_backdoored"], a[f"acc_{m}"], a[f"asr_{m}"])) < 1e-9
+                for a in r["attacks"].values() for m in ("tsbd", "vanilla_ft")
+            )
+            and all(abs(r["average"][k] - sum(a[k] for a in r["attacks"].values()) / 8) < 1e-9 for k in TSBD_COLUMNS)
             # the shortcut tables: two clean models and eight backdoored ones, every generic perturbation
             and len(r["shortcut"]["generic_before"]) == len(r["shortcut"]["cross_before"]) == 10
             and all(len(row) == 8 for row in r["shortcut"]["generic_before"].values())
@@ -168,9 +175,30 @@ EXPECTED: dict[str, dict] = {
             )
             and all(isinstance(run["record"]["flagged"], list) for run in r["runs"]["nc"].values())
             and set(r["average"]) == {"FT", "FP", "NAD", "NC", "ANP", "CLP", "i-BAU", "RNP"}
+            and all(
+                abs(run["der"] - _der(r["before"][n]["acc"], r["before"][n]["asr"], run["acc"], run["asr"])) < 1e-9
+                for d in r["runs"].values() for n, run in d.items()
+            )
+            # a defense changed the model exactly when it had something to do
+            and all(run["weight_change"] > 0 for d in ("ft", "fp", "nad", "ibau") for run in r["runs"][d].values())
+            and all((run["weight_change"] > 0) == bool(run["record"]["flagged"]) for run in r["runs"]["nc"].values())
+            and all(
+                (run["weight_change"] > 0) == (run["record"]["pruned"] > 0)
+                for d in ("anp", "clp", "rnp") for run in r["runs"][d].values()
+            )
         ),
     },
 }
+
+
+TSBD_COLUMNS = {  # notebook 05's table, as its results file names the columns
+    "acc_backdoored", "asr_backdoored", "acc_stage_1", "asr_stage_1", "acc_vanilla_ft", "asr_vanilla_ft",
+    "acc_tsbd", "asr_tsbd", "ra_tsbd", "der_vanilla_ft", "der_tsbd",
+}
+
+
+def _der(acc_bd, asr_bd, acc, asr):
+    return metrics.defense_effectiveness_rating(acc_bd, asr_bd, acc, asr)
 
 
 def test_the_suite_has_its_notebooks_in_order():
@@ -199,9 +227,10 @@ def test_committed_notebook_is_clean(path):
     assert nb.cells[-1].cell_type == "markdown" and "take away" in nb.cells[-1].source.lower()
 
 
-def _run(path: Path, tmp: Path, cache_dir: str) -> tuple[dict, nbformat.NotebookNode, Path]:
+def _run(path: Path, tmp: Path, cache_dir: str, **extra) -> tuple[dict, nbformat.NotebookNode, Path]:
     figures, runs = tmp / "figures", tmp / "runs"
-    parameters = {"PROFILE": "smoke", "FIGURES_DIR": str(figures), "RUN_DIR": str(runs), "CACHE_DIR": cache_dir}
+    parameters = {"PROFILE": "smoke", "FIGURES_DIR": str(figures), "RUN_DIR": str(runs), "CACHE_DIR": cache_dir,
+                  **extra}
     out = runs / path.name
     reproduce.run_notebook(path, out, parameters, timeout=600)
     executed = nbformat.read(out, as_version=4)
@@ -232,3 +261,12 @@ def test_a_second_run_loads_the_clean_model_from_the_cache(tmp_path, cache_dir):
     second, _, _ = _run(NOTEBOOKS_DIR / "00_overview.ipynb", tmp_path / "b", cache_dir)
     assert second["results"]["loaded_from_cache"] is True and second["cache"]["misses"] == 0
     assert second["results"]["clean_acc"] == first["results"]["clean_acc"]
+
+
+@pytest.mark.notebook
+def test_a_second_run_of_the_defenses_is_read_from_the_cache(tmp_path, cache_dir):
+    subset = {"ATTACK_NAMES": ["badnets"], "DEFENSE_NAMES": ["ft", "nc"]}
+    first, _, _ = _run(NOTEBOOKS_DIR / "06_baseline_defenses.ipynb", tmp_path / "a", cache_dir, **subset)
+    second, _, _ = _run(NOTEBOOKS_DIR / "06_baseline_defenses.ipynb", tmp_path / "b", cache_dir, **subset)
+    assert second["cache"]["misses"] == 0 and second["cache"]["hits"] > 0
+    assert second["results"]["runs"] == first["results"]["runs"]  # numbers, records and times, all read back

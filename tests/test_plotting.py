@@ -36,3 +36,28 @@ def test_image_grid_and_flow_diagram(tmp_path):
     assert flow.axes[0].get_title() == "flow"
     for f in (fig, rgb, flow):
         plt.close(f)
+
+
+def test_panel_grid_hides_unused_panels_and_takes_a_height():
+    from tsbd_utils import plotting
+
+    fig, axes = plotting.panel_grid(5, ncols=4, size=2.0, height=1.5)
+    assert len(axes) == 5 and tuple(fig.get_size_inches()) == (8.0, 3.0)
+    assert sum(ax.get_visible() for ax in fig.axes) == 5
+    plt.close(fig)
+
+
+def test_found_trigger_gallery_puts_the_real_trigger_above_what_was_found():
+    import pytest
+    import torch
+
+    from tsbd_utils import plotting
+
+    real = {"BadNets": torch.rand(1, 8, 8), "WaNet": torch.rand(1, 8, 8)}
+    found = {"BadNets": (torch.rand(1, 8, 8), "reversed"), "WaNet": (torch.rand(1, 8, 8), "reversed")}
+    fig = plotting.found_trigger_gallery(real, found, title="t")
+    assert len(fig.axes) == 4 and fig.axes[0].get_title() == "BadNets\nreal trigger"
+    assert fig.axes[2].get_title() == "reversed"  # second row, first column
+    plt.close(fig)
+    with pytest.raises(ValueError, match="must name the same attacks"):
+        plotting.found_trigger_gallery(real, {"BadNets": found["BadNets"]}, title="t")

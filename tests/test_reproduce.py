@@ -82,6 +82,9 @@ def test_cli_runs_in_order_and_rejects_bad_names(tmp_path, capsys):
         (["--cache-dir", "{tmp}/a-file/cache"], r"cache folder .*a-file/cache cannot be used: .*a-file, on the way"),
         (["--figures-dir", "{tmp}/a-file"], r"the figures folder .*a-file cannot be used: .*a-file is a file"),
         (["--notebooks-dir", "{tmp}/none"], r"--notebooks-dir .*none is not a folder"),
+        (["--cache-read-only", "--cache-dir", "{tmp}/no-cache"],
+         r"cache folder .*no-cache cannot be used: .*no-cache is not an existing folder \(a read-only cache"),
+        (["--cache-read-only", "--cache-dir", "{tmp}/a-file"], r"cache folder .*a-file cannot be used: .*not an existing"),
     ],
 )
 def test_bad_settings_are_refused_before_anything_is_written(tmp_path, capsys, extra, message):
@@ -95,3 +98,15 @@ def test_bad_settings_are_refused_before_anything_is_written(tmp_path, capsys, e
     assert reproduce.main(argv + [e.format(tmp=tmp_path) for e in extra]) == 2
     assert re.search(message, capsys.readouterr().err)
     assert sorted(tmp_path.rglob("*")) == before  # no folder created, no notebook run
+
+
+def test_a_read_only_setting_that_is_not_understood_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TSBD_CACHE_READ_ONLY", "maybe")
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    _notebook(folder / "00_a.ipynb", "PROFILE = 'smoke'")
+    assert reproduce.main(["--profile", "smoke", "--notebooks-dir", str(folder), "--run-dir", str(tmp_path / "r"),
+                           "--cache-dir", str(tmp_path / "c"), "--figures-dir", str(tmp_path / "f")]) == 2
+    assert "$TSBD_CACHE_READ_ONLY='maybe' is not understood; allowed: 1, true, yes, 0, false, no or unset" in (
+        capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nbs"]

@@ -29,14 +29,28 @@ def test_resolve_device():
         ),
         ({"profile": "smoke", "seed": -1}, "SEED must be an int >= 0, got -1"),
         ({"profile": "smoke", "device": "gpu"}, "unknown device 'gpu'"),
+        ({"profile": "smoke", "cache_dir": "{tmp}/a-file/c"}, r"CACHE_DIR .*a-file/c cannot be used: .*a-file, on the way"),
+        ({"profile": "smoke", "figures_dir": "{tmp}/a-file"}, r"FIGURES_DIR .*a-file cannot be used: .*is a file"),
+        ({"profile": "smoke", "run_dir": "{tmp}/a-file/r"}, r"RUN_DIR .*a-file/r cannot be used"),
     ],
 )
 def test_start_rejects_bad_parameters_before_doing_anything(tmp_path, kwargs, message):
+    (tmp_path / "a-file").write_text("not a folder")
+    folders = {"cache_dir": str(tmp_path / "c"), "figures_dir": str(tmp_path / "f"), "run_dir": str(tmp_path / "r")}
+    folders.update({k: v.format(tmp=tmp_path) for k, v in kwargs.items() if k in folders})
     with pytest.raises(ValueError, match=message):
-        session.start(
-            "00", cache_dir=str(tmp_path / "c"), figures_dir=str(tmp_path / "f"), run_dir=str(tmp_path / "r"), **kwargs
-        )
-    assert list(tmp_path.iterdir()) == []
+        session.start("00", **{**{k: v for k, v in kwargs.items() if k not in folders}, **folders})
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
+
+
+def test_start_refuses_a_missing_read_only_cache_and_accepts_an_existing_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("TSBD_CACHE_READ_ONLY", "1")
+    folders = {"figures_dir": str(tmp_path / "f"), "run_dir": str(tmp_path / "r")}
+    with pytest.raises(ValueError, match=r"CACHE_DIR .*shared cannot be used: .* not an existing folder"):
+        session.start("00", profile="smoke", cache_dir=str(tmp_path / "shared"), **folders)
+    (tmp_path / "shared").mkdir()
+    s = session.start("00", profile="smoke", cache_dir=str(tmp_path / "shared"), **folders)
+    assert s.cache.read_only and s.cache.root == tmp_path / "shared"
 
 
 def test_results_carry_provenance(tmp_path):

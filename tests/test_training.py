@@ -147,3 +147,19 @@ def test_narrow_models_train_in_the_default_layout_on_the_cpu():
     history = training.train(narrow, images, cfg, spec=_spec(), seed=0, progress=False)
     assert len(history.epochs) == 6
     assert narrow.conv1.weight.is_contiguous()  # back in the default layout
+
+
+def test_recalibrate_batchnorm_re_estimates_the_statistics_of_a_copy_and_nothing_else():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1, bias=False), torch.nn.BatchNorm2d(2))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+    images = torch.full((10, 1, 2, 2), 51, dtype=torch.uint8)  # every pixel 0.2 after scaling
+    fresh = training.recalibrate_batchnorm(model, images, batch_size=3)
+    assert torch.allclose(fresh[1].running_mean, torch.full((2,), 0.2)) and not fresh.training
+    assert torch.allclose(fresh[1].running_var, torch.zeros(2), atol=1e-6)
+    assert torch.equal(model[1].running_mean, torch.zeros(2))  # the original is untouched
+    assert torch.equal(fresh[0].weight, model[0].weight)  # no weight moved
+    with pytest.raises(ValueError, match="images must be uint8"):
+        training.recalibrate_batchnorm(model, images.float())
+    with pytest.raises(ValueError, match="batch_size must be an int > 0, got 0"):
+        training.recalibrate_batchnorm(model, images, batch_size=0)

@@ -248,3 +248,13 @@ def test_notebooks_zoo_and_direct_calls_get_one_setting(profile):
     assert ANPConfig.for_profile(p) == config_for("anp", p)
     with pytest.raises(ValueError, match="allowed: clean, poison"):
         UnlearnConfig.for_profile(p, "dirty")
+
+
+def test_top_neurons_ranks_all_layers_together():
+    from tsbd_utils.defenses.reinit import top_neurons
+
+    nwc = {"a": torch.tensor([5.0, 1.0, 3.0]), "b": torch.tensor([4.0, 0.5])}
+    assert top_neurons(nwc, 0.6) == {"a": [0, 2], "b": [0]}  # int(0.6 * 5) = 3: 5, 4, 3
+    assert top_neurons(nwc, 0.0) == {"a": [], "b": []}
+    with pytest.raises(ValueError, match="neuron_ratio 1.5 must be in"):
+        top_neurons(nwc, 1.5)

@@ -8,13 +8,21 @@ its *kind*, the *fields that determine it* and the package version. Consequences
 - a write is atomic (temporary file, fsync, rename), so an interrupted run leaves no half file;
 - a truncated, corrupted or mismatched file is detected (safetensors' own bounds checks, a
   SHA-256 of the content, the stored key) and recomputed, never loaded;
+- everything an entry returns is sealed: a second SHA-256 covers the content's checksum, the kind,
+  the key, the fields and the provenance, so an edited entry is detected, never reported;
 - nothing is unpickled: loading cannot run code.
 
 Provenance (wall time, device, date) is stored beside the value in ``info``, never in the key.
+
+A cache can be used read-only (``read_only=True``, or ``$TSBD_CACHE_READ_ONLY=1``: a shared folder
+filled by someone else): it is never written or cleaned, and an entry that is missing or damaged
+is recomputed with a warning and not stored. A write that fails in a writable cache also only
+warns: the value is still returned.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -58,6 +66,25 @@ def canonical(value: Any) -> Any:
     )
 
 
+_SEALED = ("tsbd.kind", "tsbd.key", "tsbd.fields", "tsbd.digest", "tsbd.info")  # what the seal covers
+READ_ONLY_ENV = "TSBD_CACHE_READ_ONLY"
+
+
+def _seal(meta: dict[str, str]) -> str:
+    """SHA-256 over the entry's metadata; ``tsbd.digest`` in it already covers the tensors and the JSON payload."""
+    return hashlib.sha256(json.dumps([meta.get(k) for k in _SEALED]).encode()).hexdigest()
+
+
+def read_only_from_env() -> bool:
+    """Whether ``$TSBD_CACHE_READ_ONLY`` asks for a read-only cache (1/true/yes; 0/false/no/empty: not)."""
+    value = os.environ.get(READ_ONLY_ENV, "").strip().lower()
+    if value in ("", "0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise ValueError(f"${READ_ONLY_ENV}={value!r} is not understood; allowed: 1, true, yes, 0, false, no or unset")
+
+
 def _digest(tensors: dict[str, torch.Tensor], payload: str) -> str:
     sha = hashlib.sha256(payload.encode())
     for name in sorted(tensors):
@@ -87,10 +114,13 @@ class Cache:
     root: Path
     version: str = __version__
     events: list[CacheEvent] = field(default_factory=list)
+    read_only: bool = False  # never write or delete: recompute what is missing or damaged, and warn
 
     @classmethod
-    def at(cls, explicit: str | os.PathLike | None = None) -> Cache:
-        return cls(cache_dir(explicit))
+    def at(cls, explicit: str | os.PathLike | None = None, read_only: bool | None = None) -> Cache:
+        """The cache at ``explicit``, else ``$TSBD_CACHE_DIR``, else the default; ``read_only`` None reads
+        ``$TSBD_CACHE_READ_ONLY``."""
+        return cls(cache_dir(explicit), read_only=read_only_from_env() if read_only is None else read_only)
 
     def key(self, kind: str, fields: Any) -> str:
         if not _KIND.match(kind):
@@ -115,12 +145,31 @@ class Cache:
                 raise ValueError("the stored key does not match the file name")
             if _digest(tensors, payload) != meta["tsbd.digest"]:
                 raise ValueError("the content does not match its checksum")
+            sealed = "tsbd.seal" in meta
+            if sealed and _seal(meta) != meta["tsbd.seal"]:
+                raise ValueError("its fields or provenance do not match the seal (the entry was edited)")
             value: Artifact = {**json.loads(payload), **tensors}
-            return value, json.loads(meta.get("tsbd.info", "{}"))
-        except Exception as err:  # truncated, corrupted, foreign: never trust it
-            warnings.warn(f"cache entry {path} is unreadable ({type(err).__name__}: {err}); recomputing", stacklevel=2)
-            path.unlink(missing_ok=True)
+            info = json.loads(meta.get("tsbd.info", "{}"))
+            if not sealed:  # written before entries were sealed: checked above, sealed now (same key, same value)
+                self._reseal(path, tensors, meta)
+            return value, info
+        except Exception as err:  # truncated, corrupted, edited, foreign: never trust it
+            what = "left in place (read-only cache)" if self.read_only else "removed"
+            warnings.warn(
+                f"cache entry {path} is unreadable ({type(err).__name__}: {err}); recomputing, entry {what}",
+                stacklevel=2,
+            )
+            if not self.read_only:
+                with contextlib.suppress(OSError):  # a folder made read-only behind our back: leave the file
+                    path.unlink(missing_ok=True)
             return None
+
+    def _reseal(self, path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+        if self.read_only:
+            return
+        meta = {**meta, "tsbd.seal": _seal(meta)}
+        with contextlib.suppress(OSError), atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
 
     def store(self, kind: str, fields: Any, value: Artifact, info: dict[str, Any] | None = None) -> Path:
         """Write ``value`` atomically; return its path."""
@@ -138,6 +187,7 @@ class Cache:
             "tsbd.digest": _digest(tensors, payload),
             "tsbd.info": json.dumps(info or {}, sort_keys=True),
         }
+        meta["tsbd.seal"] = _seal(meta)
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
         return path
@@ -170,7 +220,13 @@ class Cache:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **(info() if info else {}),
         }
-        self.store(kind, fields, value, extra)
+        if self.read_only:
+            warnings.warn(f"read-only cache {self.root}: {kind} computed and not stored", stacklevel=2)
+        else:
+            try:
+                self.store(kind, fields, value, extra)
+            except OSError as err:  # the value is right; only the cache is lost
+                warnings.warn(f"could not store {kind} in the cache {self.root} ({err}); continuing", stacklevel=2)
         self.events.append(CacheEvent(kind, self.key(kind, fields), False, seconds))
         return value, extra
 

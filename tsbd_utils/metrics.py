@@ -74,6 +74,22 @@ def linf(clean: torch.Tensor, poisoned: torch.Tensor) -> torch.Tensor:
     return (clean.float() - poisoned.float()).abs().flatten(1).amax(1)
 
 
+def weight_distance(a: nn.Module, b: nn.Module) -> float:
+    """L2 distance between two models of one architecture over every floating-point parameter and buffer
+    (BatchNorm statistics included): 0.0 exactly when a defense returned the weights unchanged."""
+    sa, sb = a.state_dict(), b.state_dict()
+    if sa.keys() != sb.keys():
+        raise ValueError(f"the models differ in their tensors: {sorted(set(sa) ^ set(sb))[:5]}")
+    total = torch.zeros((), dtype=torch.float64)
+    for name, ta in sa.items():
+        tb = sb[name]
+        if ta.shape != tb.shape:
+            raise ValueError(f"tensor {name} has shape {tuple(ta.shape)} in one model, {tuple(tb.shape)} in the other")
+        if ta.is_floating_point():
+            total += (ta.detach().cpu().double() - tb.detach().cpu().double()).pow(2).sum()
+    return float(total.sqrt())
+
+
 def _as_float_batch(batch: torch.Tensor) -> torch.Tensor:
     if batch.dtype == torch.uint8:
         return batch.float().div_(255)

@@ -1,4 +1,4 @@
-"""The measurements behind TSBD's two observations: unlearning, neuron weight change, activeness.
+"""The measurements behind TSBD's two observations: neuron weight change and activeness (unlearning: .unlearning).
 
 Observation 1 (Lin et al., NeurIPS 2024, Fig. 1a): unlearn a backdoored model twice, once on
 clean data (gradient *ascent* until clean accuracy falls to chance) and once on poisoned data
@@ -25,215 +25,40 @@ import copy
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import metrics
-from .config import Profile, TrainConfig
 from .data import DatasetSpec, ImageData
-from .training import History, Step, train
+from .training import train
+from .unlearning import (  # unlearning lives in .unlearning; importable from here, where notebooks 02-03 use it
+    UNLEARN_MODES,
+    AscentStep,
+    UnlearnConfig,
+    Unlearned,
+    clean_unlearn,
+    poison_unlearn,
+    unlearn,
+)
 
-UNLEARN_MODES = ("clean", "poison")
+__all__ = [
+    "RECORD_LAYER",
+    "UNLEARN_MODES",
+    "Activeness",
+    "AscentStep",
+    "UnlearnConfig",
+    "Unlearned",
+    "activeness",
+    "clean_unlearn",
+    "correlation",
+    "flatten_layers",
+    "neuron_weight_change",
+    "nwc_layers",
+    "poison_unlearn",
+    "top_k_overlap",
+    "unlearn",
+    "weight_changes",
+]
+
 RECORD_LAYER = "layer4.1.conv2"  # the paper's recorded layer: PreActResNet18's last conv (8w neurons)
-
-
-@dataclass(frozen=True)
-class UnlearnConfig:
-    """Gradient-ascent unlearning, as in the official ``train_unlearning`` (defaults: its config)."""
-
-    lr: float = 1e-4  # SGD learning rate (official lr_un)
-    momentum: float = 0.9  # SGD momentum; no weight decay, no scheduler
-    batch_size: int = 256  # official batch size
-    augment: bool = True  # clean unlearning sees the training augmentation (the official loader does)
-    max_epochs: int = 1000  # official cap; profiles lower it (Profile.unlearn_cap)
-
-    def __post_init__(self) -> None:
-        if not (self.lr > 0 and 0 <= self.momentum < 1 and self.batch_size > 0 and self.max_epochs > 0):
-            raise ValueError(
-                f"invalid unlearning config {self}: need lr > 0, momentum in [0, 1), batch_size > 0, max_epochs > 0"
-            )
-
-    @classmethod
-    def for_profile(cls, profile: Profile, mode: str = "clean") -> UnlearnConfig:
-        """The profile's unlearning (``Profile.unlearn_lr``, ``unlearn_cap``) for ``mode`` ``"clean"`` (TSBD's
-        stage 1, with the training augmentation) or ``"poison"`` (on backdoor *test* images: no augmentation)."""
-        if mode not in UNLEARN_MODES:
-            raise ValueError(f"unknown unlearning mode {mode!r}; allowed: {', '.join(UNLEARN_MODES)}")
-        return cls(lr=profile.unlearn_lr, max_epochs=profile.unlearn_cap, augment=mode == "clean")
-
-    def train_config(self, epochs: int | None = None) -> TrainConfig:
-        return TrainConfig(
-            epochs=epochs if epochs is not None else self.max_epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            momentum=self.momentum,
-            weight_decay=0.0,
-            schedule="constant",
-            augment=self.augment,
-            amp=False,  # float32 on CUDA too, as the official code runs it
-        )
-
-
-class AscentStep(Step):
-    """One gradient-ascent step: maximise the cross-entropy (the official ``(-loss).backward()``).
-
-    ``record`` (optional) is a conv layer whose per-output-channel gradient L1 norm is appended
-    to ``norms`` after every backward pass: the activeness of Observation 2.
-    """
-
-    def __init__(self, record: nn.Conv2d | None = None) -> None:
-        self.record = record
-        self.norms: list[torch.Tensor] = []
-
-    def __call__(self, model, x, y, optimizer):
-        logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        (-loss).backward()
-        if self.record is not None:
-            # d(-L)/dw summed in absolute value over each output channel's in x kh x kw weights.
-            self.norms.append(self.record.weight.grad.detach().abs().sum((1, 2, 3)).float().cpu())
-        optimizer.step()
-        return loss.detach(), logits.detach()
-
-
-@dataclass
-class Unlearned:
-    """An unlearned copy of a model and how it got there."""
-
-    model: nn.Module
-    history: History  # per epoch: loss, train_acc and the monitored metric
-
-    @property
-    def epochs(self) -> int:
-        return len(self.history.epochs)
-
-    @property
-    def reached(self) -> bool:
-        """Whether the stopping rule fired (False: the epoch cap ended the run first)."""
-        return self.history.stopped
-
-
-def unlearn(
-    model: nn.Module,
-    data: ImageData,
-    monitor,
-    threshold: float,
-    *,
-    metric: str,
-    spec: DatasetSpec,
-    seed: int,
-    device: str | torch.device = "cpu",
-    config: UnlearnConfig = UnlearnConfig(),
-    max_epochs: int | None = None,
-    progress: bool = False,
-    desc: str = "unlearn",
-) -> Unlearned:
-    """Gradient ascent on ``data`` until ``monitor(model) <= threshold`` (checked after each epoch).
-
-    ``model`` is left untouched; a copy is unlearned in train mode, so BN running statistics drift
-    as in the official code. Only the monitored metric is evaluated each epoch.
-    """
-    if not 0 <= threshold <= 1:
-        raise ValueError(f"threshold must be a fraction in [0, 1], got {threshold!r}")
-    epochs = min(config.max_epochs, max_epochs) if max_epochs is not None else config.max_epochs
-    copied = copy.deepcopy(model)
-    history = train(
-        copied,
-        data,
-        config.train_config(epochs),
-        spec=spec,
-        seed=seed,
-        device=device,
-        step=AscentStep(),
-        eval_fn=lambda m: {metric: monitor(m)},
-        stop=lambda record: record[metric] <= threshold,
-        progress=progress,
-        desc=desc,
-    )
-    return Unlearned(copied, history)
-
-
-def _options(spec, seed, device, config, max_epochs, progress) -> dict:
-    return {
-        "spec": spec,
-        "seed": seed,
-        "device": device,
-        "config": config,
-        "max_epochs": max_epochs,
-        "progress": progress,
-    }
-
-
-def clean_unlearn(
-    model: nn.Module,
-    clean: ImageData,
-    *,
-    spec: DatasetSpec,
-    seed: int,
-    device: str | torch.device = "cpu",
-    config: UnlearnConfig = UnlearnConfig(),
-    max_epochs: int | None = None,
-    threshold: float = 0.10,
-    eval_batch_size: int = 256,
-    progress: bool = False,
-) -> Unlearned:
-    """TSBD's clean unlearning: ascent on the defender's clean images until their accuracy is <= 10%.
-
-    The accuracy is measured on the same clean images, without augmentation, in eval mode (the
-    official "clean validation accuracy"); 10% is chance level for ten classes.
-    """
-
-    def clean_acc(m: nn.Module) -> float:
-        return metrics.accuracy(metrics.predict(m, clean.x, eval_batch_size, device), clean.y)
-
-    return unlearn(
-        model,
-        clean,
-        clean_acc,
-        threshold,
-        metric="clean_acc",
-        desc="clean unlearning",
-        **_options(spec, seed, device, config, max_epochs, progress),
-    )
-
-
-def poison_unlearn(
-    model: nn.Module,
-    poisoned: torch.Tensor,
-    target: int,
-    *,
-    spec: DatasetSpec,
-    seed: int,
-    device: str | torch.device = "cpu",
-    config: UnlearnConfig = UnlearnConfig(augment=False),
-    max_epochs: int | None = None,
-    threshold: float = 0.05,
-    eval_batch_size: int = 256,
-    progress: bool = False,
-) -> Unlearned:
-    """Observation 1's second run: ascent on triggered images labelled ``target`` until ASR <= 5%.
-
-    ``poisoned`` are uint8 backdoor test images (target-class images already left out). This needs
-    the trigger, which no defender has: it exists only to check Observation 1. The images are the
-    test split, seen without augmentation (the official code uses its backdoor test loader).
-    """
-    if poisoned.dtype != torch.uint8:
-        raise ValueError(f"poisoned images must be uint8 (Attack.backdoor_test gives them), got {poisoned.dtype}")
-    data = ImageData(poisoned, torch.full((len(poisoned),), target, dtype=torch.int64))
-
-    def asr(m: nn.Module) -> float:
-        return metrics.attack_success_rate(metrics.predict(m, poisoned, eval_batch_size, device), target)
-
-    return unlearn(
-        model,
-        data,
-        asr,
-        threshold,
-        metric="asr",
-        desc="poison unlearning",
-        **_options(spec, seed, device, config, max_epochs, progress),
-    )
 
 
 def nwc_layers(model: nn.Module) -> list[str]:

@@ -49,3 +49,17 @@ def unusable_folder(path: str | os.PathLike) -> str | None:
     if not os.access(probe, os.W_OK | os.X_OK):
         return f"{probe} is not writable" + ("" if probe == folder else f" (needed to create {folder})")
     return None
+
+
+def cache_folder_problem(path: str | os.PathLike, read_only: bool = False) -> str | None:
+    """Why ``path`` cannot serve as the cache (None if it can), found without creating anything. A cache is
+    written to, so it must be a usable output folder; a read-only cache must be an existing folder."""
+    folder = Path(path).expanduser().absolute()
+    if read_only:
+        if not folder.is_dir():
+            return f"{folder} is not an existing folder (a read-only cache is only read)"
+        return None if os.access(folder, os.R_OK | os.X_OK) else f"{folder} is not readable"
+    reason = unusable_folder(folder)
+    if reason and folder.is_dir():
+        reason += "; to use a cache you may not write to, set TSBD_CACHE_READ_ONLY=1 (make reproduce: --cache-read-only)"
+    return reason

@@ -18,6 +18,12 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 from .atomic import atomic_path
+from .galleries import found_trigger_gallery, image_grid, show_image, trigger_gallery
+
+__all__ = [  # figures of images live in .galleries; reachable from here as before
+    "correlation_heatmap", "flow_diagram", "found_trigger_gallery", "image_grid", "panel_grid", "rate_heatmap",
+    "ratio_axis", "savefig", "scatter_with_fit", "setup", "show_image", "trigger_gallery",
+]
 
 _NAME = re.compile(r"^\d\d_[a-z0-9_]+$")
 
@@ -40,45 +46,6 @@ def savefig(fig: Figure, name: str, figures_dir: str | os.PathLike) -> Path:
         # No "Software" metadata: the PNG then does not change with the matplotlib version.
         fig.savefig(tmp, format="png", bbox_inches="tight", metadata={"Software": None})
     return path
-
-
-def show_image(ax, image: torch.Tensor, title: str | None = None) -> None:
-    """One (C, H, W) image, uint8 or float in [0, 1], grayscale or RGB, without axes."""
-    img = image.detach().cpu()
-    img = img.float() / 255 if img.dtype == torch.uint8 else img.float()
-    img = img.clamp(0, 1).permute(1, 2, 0).numpy()
-    if img.shape[2] == 1:
-        ax.imshow(img[:, :, 0], cmap="gray", vmin=0, vmax=1)
-    else:
-        ax.imshow(img)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.grid(False)
-    if title:
-        ax.set_title(title, fontsize=8, fontweight="normal")
-
-
-def image_grid(
-    images: torch.Tensor,
-    nrows: int,
-    ncols: int,
-    *,
-    title: str,
-    row_labels: Sequence[str] | None = None,
-    cell: float = 1.0,
-) -> Figure:
-    """A grid of images filled row by row, with optional row labels on the left."""
-    if len(images) < nrows * ncols:
-        raise ValueError(f"{len(images)} images cannot fill a {nrows} x {ncols} grid")
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * cell + 1.5, nrows * cell + 0.6), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        show_image(ax, images[i])
-    if row_labels is not None:
-        for ax, label in zip(axes[:, 0], row_labels):
-            ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
 
 
 def flow_diagram(lanes: Sequence[tuple[str, Sequence[str]]], *, title: str, width: float = 12.0) -> Figure:
@@ -127,39 +94,25 @@ def flow_diagram(lanes: Sequence[tuple[str, Sequence[str]]], *, title: str, widt
     return fig
 
 
-def trigger_gallery(clean: torch.Tensor, poisoned: dict[str, torch.Tensor], *, title: str, cell: float = 1.5) -> Figure:
-    """One column per attack: the clean image, the poisoned image, and the residual amplified to full range.
+def panel_grid(
+    count: int,
+    *,
+    ncols: int = 4,
+    size: float = 3.0,
+    height: float | None = None,
+    sharex: bool = False,
+    sharey: bool = False,
+):
+    """A figure with ``count`` panels on a grid of ``ncols`` columns; unused panels are hidden.
 
-    ``clean`` is one image (C, H, W); ``poisoned`` maps an attack's title to its poisoned version of
-    it (the same image for every attack, so the triggers can be compared). Each residual |x' - x| is
-    stretched so that its largest value is white; the factor is printed under it.
-    """
-    names = list(poisoned)
-    fig, axes = plt.subplots(3, len(names), figsize=(len(names) * cell + 1.2, 3 * cell + 0.8), squeeze=False)
-    x = clean.float() / 255 if clean.dtype == torch.uint8 else clean.float()
-    for col, name in enumerate(names):
-        p = poisoned[name].float() / 255 if poisoned[name].dtype == torch.uint8 else poisoned[name].float()
-        residual = (p - x).abs().amax(0, keepdim=True)
-        gain = 1.0 / max(residual.max().item(), 1e-8)
-        show_image(axes[0, col], x, name)
-        show_image(axes[1, col], p)
-        show_image(axes[2, col], (residual * gain).clamp(0, 1))
-        axes[2, col].set_xlabel(f"x{gain:.0f}", fontsize=8)
-    for row, label in enumerate(("clean", "poisoned", "|residual|\namplified")):
-        axes[row, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def panel_grid(count: int, *, ncols: int = 4, size: float = 3.0, sharex: bool = False, sharey: bool = False):
-    """A figure with ``count`` panels on a grid of ``ncols`` columns; unused panels are hidden."""
+    Panels are ``size`` inches wide and ``height`` (default: ``size``) high. Returns the figure and the
+    ``count`` visible axes, row by row."""
     if count < 1:
         raise ValueError(f"need at least one panel, got {count}")
     ncols = min(ncols, count)
     nrows = -(-count // ncols)
     fig, axes = plt.subplots(
-        nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False, sharex=sharex, sharey=sharey
+        nrows, ncols, figsize=(size * ncols, (height or size) * nrows), squeeze=False, sharex=sharex, sharey=sharey
     )
     flat = list(axes.flat)
     for ax in flat[count:]:

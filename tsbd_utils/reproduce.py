@@ -20,10 +20,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .cache import READ_ONLY_ENV, read_only_from_env
 from .config import PROFILES
 from .data import DATASETS, DatasetNotFoundError, checked_named_dir
 from .device import resolve_device
-from .paths import cache_dir as default_cache_dir, project_root, run_dir as default_run_dir, unusable_folder
+from .paths import (
+    cache_dir as default_cache_dir,
+    cache_folder_problem,
+    project_root,
+    run_dir as default_run_dir,
+    unusable_folder,
+)
 
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 
@@ -89,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--cache-dir", default=None, help="default: $TSBD_CACHE_DIR, else .cache/ in the project")
+    p.add_argument("--cache-read-only", action="store_true",
+                   help="read the cache, never write it (a shared, pre-filled cache); missing entries are recomputed")
     p.add_argument("--data-dir", default=None, help="a folder holding the dataset (default: see README)")
     p.add_argument("--figures-dir", default=str(root / "figures"))
     p.add_argument("--run-dir", default=None, help="default: runs/<profile>/")
@@ -115,8 +124,15 @@ def _check_settings(args: argparse.Namespace) -> str | None:
         return str(err)
     if not Path(args.notebooks_dir).is_dir():
         return f"--notebooks-dir {args.notebooks_dir} is not a folder"
+    try:
+        read_only = args.cache_read_only or read_only_from_env()
+    except ValueError as err:
+        return str(err)
+    cache = default_cache_dir(args.cache_dir)
+    problem = cache_folder_problem(cache, read_only)
+    if problem:
+        return f"the cache folder {cache} cannot be used: {problem}"
     outputs = {
-        "cache folder": default_cache_dir(args.cache_dir),
         "figures folder": Path(args.figures_dir),
         "run folder": default_run_dir(args.profile, args.run_dir),
     }
@@ -148,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Kernels inherit the environment: no progress bars inside the executed notebooks (they would only
     # store "0%" lines there); this runner prints its own progress and time table.
     os.environ.setdefault("TQDM_DISABLE", "1")
+    if args.cache_read_only:  # the kernels build their caches from the environment
+        os.environ[READ_ONLY_ENV] = "1"
     run_dir = default_run_dir(args.profile, args.run_dir).resolve()
     parameters = {
         "PROFILE": args.profile,

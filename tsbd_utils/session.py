@@ -27,7 +27,7 @@ from .cache import Cache
 from .config import Profile, resolve
 from .data import Splits, prepare_for
 from .device import configure_threads, resolve_device
-from .paths import project_root, run_dir as default_run_dir
+from .paths import cache_folder_problem, project_root, run_dir as default_run_dir, unusable_folder
 
 
 def git_commit() -> str | None:
@@ -164,12 +164,22 @@ def start(
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"SEED must be an int >= 0, got {seed!r}")
     resolved = resolve(profile, dataset=dataset)
+    device_ = resolve_device(device)
+    cache = Cache.at(cache_dir)  # read-only when $TSBD_CACHE_READ_ONLY says so
+    folders = {  # checked before anything is trained or written: a bad folder must not cost a run
+        "CACHE_DIR": (cache.root, cache_folder_problem(cache.root, cache.read_only)),
+        "FIGURES_DIR": (Path(figures_dir), unusable_folder(figures_dir)),
+        "RUN_DIR": (default_run_dir(resolved.name, run_dir), unusable_folder(default_run_dir(resolved.name, run_dir))),
+    }
+    for name, (folder, problem) in folders.items():
+        if problem:
+            raise ValueError(f"{name} {folder} cannot be used: {problem}")
     session = Session(
         notebook=notebook,
         profile=resolved,
         seed=seed,
-        device=resolve_device(device),
-        cache=Cache.at(cache_dir),
+        device=device_,
+        cache=cache,
         figures_dir=Path(figures_dir),
         run_dir=default_run_dir(resolved.name, run_dir),
         data_dir=Path(data_dir) if data_dir else None,

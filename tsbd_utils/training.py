@@ -9,6 +9,7 @@ compute threads, and on a GPU the whole dataset fits in memory anyway.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import update_bn
 from tqdm.auto import tqdm
 
 from .augment import augment
@@ -247,3 +249,22 @@ def train(
             break
     model.eval()
     return history
+
+
+def recalibrate_batchnorm(
+    model: nn.Module, images: torch.Tensor, *, batch_size: int = 250, device: str | torch.device = "cpu"
+) -> nn.Module:
+    """A copy of ``model`` whose BatchNorm running statistics are re-estimated on ``images`` (uint8, N x C x H x W).
+
+    Forward passes only, no weight changes: ``torch.optim.swa_utils.update_bn`` (running statistics reset,
+    then averaged over all batches equally). The copy is returned in eval mode; ``model`` is left as it was.
+    """
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise ValueError(f"images must be uint8 N x C x H x W, got {images.dtype} of shape {tuple(images.shape)}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
+        raise ValueError(f"batch_size must be an int > 0, got {batch_size!r}")
+    device = torch.device(device)
+    copy_ = copy.deepcopy(model).to(device)
+    batches = [images[i : i + batch_size].to(device).float().div(255) for i in range(0, len(images), batch_size)]
+    update_bn(batches, copy_)
+    return copy_.eval()

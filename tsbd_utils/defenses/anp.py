@@ -57,15 +57,8 @@ from ..rng import generator
 from ..training import channels_last_safe
 from .base import DefenseResult, DefenseSpec, register
 from .common import OracleData, check_choice, scaled_epochs, working_copy
-from .masks import (
-    attach_masks,
-    check_config,
-    clip_masks,
-    freeze_all_but_masks,
-    mask_values,
-    prune_sweep,
-    pruning_record,
-)
+from .masks import attach_masks, clip_masks, freeze_all_but_masks, mask_values
+from .pruning import check_config, prune_sweep, pruning_record
 
 LOG_CHUNKS = 4  # BackdoorBench logs every 500 of its 2000 iterations: four averages per run
 

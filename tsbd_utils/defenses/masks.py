@@ -24,17 +24,12 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import ImageData
-from .common import ORACLE_RULES, PRUNING_CHOICES, OracleData, choose_amount, working_copy
 
 
 class MaskedBatchNorm2d(nn.BatchNorm2d):
@@ -206,97 +201,3 @@ def prune_neurons(model: nn.Module, masks: Mapping[str, torch.Tensor], threshold
             bn.weight.masked_fill_(below, 0.0)
             pruned += int(below.sum())
     return pruned
-
-
-def thresholds(pruning_max: float, pruning_step: float) -> list[float]:
-    """0, step, 2 step, ... up to ``pruning_max`` (BackdoorBench's sweep: 0 to 0.9 by 0.05, 19 values)."""
-    count = math.floor(pruning_max / pruning_step + 1e-9)
-    return [round(i * pruning_step, 10) for i in range(count + 1)]
-
-
-def pruning_problems(config: Any) -> dict[str, bool]:
-    """Validity of the pruning fields that ANP's and RNP's configs share (name -> ok)."""
-    return {
-        "pruning_max": 0 <= config.pruning_max <= 1,
-        "pruning_step": 0 < config.pruning_step <= 1,
-        "acc_ratio": 0 <= config.acc_ratio < 1,
-        "choice": config.choice in PRUNING_CHOICES,
-        "oracle_rule": config.oracle_rule in ORACLE_RULES,
-    }
-
-
-PRUNING_ALLOWED = (
-    f"pruning_max in [0, 1]; pruning_step in (0, 1]; acc_ratio in [0, 1); choice in {PRUNING_CHOICES}; "
-    f"oracle_rule in {ORACLE_RULES}"
-)
-
-
-def check_config(config: Any, checks: dict[str, bool], allowed: str, defense: str) -> None:
-    """Fail on every bad field of ``config``, naming the values and the allowed ones."""
-    bad = [name for name, ok in {**checks, **pruning_problems(config)}.items() if not ok]
-    if bad:
-        raise ValueError(
-            f"invalid {defense} setting(s) {', '.join(f'{b}={getattr(config, b)!r}' for b in bad)}; "
-            f"allowed: {allowed}; {PRUNING_ALLOWED}"
-        )
-
-
-def prune_sweep(
-    model: nn.Module,
-    masks: Mapping[str, torch.Tensor],
-    config: Any,
-    *,
-    clean: ImageData,
-    device: str | torch.device,
-    oracle: OracleData | None = None,
-) -> tuple[nn.Module, float, list[dict[str, Any]]]:
-    """Prune a copy of ``model`` at each threshold of the config's sweep and keep the chosen one.
-
-    ``config`` supplies ``pruning_max``, ``pruning_step``, ``acc_ratio``, ``choice`` and
-    ``oracle_rule`` (see :func:`common.choose_amount`: ``"clean"`` uses the defender's ``clean``
-    images only; ``"oracle"`` is BackdoorBench's test-set choice and needs ``oracle``). Threshold 0
-    prunes nothing, so the first row is the unpruned reference. One copy serves every candidate:
-    its BN weights are restored before each pruning. Returns the pruned copy (eval mode), the
-    threshold and one row per candidate (threshold as ``amount``, accuracies, ``pruned`` count).
-    """
-    pruned = working_copy(model, device)
-    original = {name: m.weight.detach().clone() for name, m in pruned.named_modules() if name in masks}
-    counts: dict[float, int] = {}
-
-    def apply(threshold: float) -> nn.Module:
-        with torch.no_grad():
-            for name, weight in original.items():
-                pruned.get_submodule(name).weight.copy_(weight)
-        counts[threshold] = prune_neurons(pruned, masks, threshold)
-        return pruned
-
-    chosen, rows = choose_amount(
-        thresholds(config.pruning_max, config.pruning_step),
-        apply,
-        clean=clean,
-        device=device,
-        acc_ratio=config.acc_ratio,
-        choice=config.choice,
-        oracle=oracle,
-        oracle_rule=config.oracle_rule,
-    )
-    for row in rows:
-        row["pruned"] = counts[row["amount"]]
-    apply(chosen)
-    return pruned.eval(), chosen, rows
-
-
-def pruning_record(
-    config: Any, masks: Mapping[str, torch.Tensor], threshold: float, rows: list[dict[str, Any]], **stages: Any
-) -> dict[str, Any]:
-    """The JSON record ANP and RNP return: the choice, the threshold, the sweep, their own ``stages``, the masks."""
-    return {
-        "choice": config.choice,
-        "threshold": threshold,
-        "pruned": next(row["pruned"] for row in rows if row["amount"] == threshold),
-        "neurons": sum(len(v) for v in masks.values()),
-        "rows": rows,
-        **stages,
-        "masks": masks_record(masks),
-        "config": dataclasses.asdict(config),
-    }

@@ -14,7 +14,7 @@ pruned in the original model.
    ``alpha * cross-entropy`` (BackdoorBench's alpha just scales the loss: 0.2 x lr 0.2 acts as
    lr 0.04), in train mode with augmentation.
 3. Give BN weight 0 to every neuron of the *original* model whose mask is below a threshold,
-   swept from 0 to 0.9 by 0.05 (:func:`masks.prune_sweep`).
+   swept from 0 to 0.9 by 0.05 (:func:`pruning.prune_sweep`).
 
 Defender holds: the backdoored model and clean training data. BackdoorBench gives RNP 1% of the
 training set (``ratio 0.01``); here the defender's subset is 5%, so steps 1 and 2 use its
@@ -53,19 +53,12 @@ from torch import nn
 
 from ..config import Profile, TrainConfig, replace_checked
 from ..data import DatasetSpec, ImageData
-from ..observations import AscentStep
 from ..training import Step, train
+from ..unlearning import AscentStep
 from .base import DefenseResult, DefenseSpec, register
 from .common import OracleData, capped_epochs, check_choice, working_copy
-from .masks import (
-    attach_masks,
-    check_config,
-    clip_masks,
-    freeze_all_but_masks,
-    mask_values,
-    prune_sweep,
-    pruning_record,
-)
+from .masks import attach_masks, clip_masks, freeze_all_but_masks, mask_values
+from .pruning import check_config, prune_sweep, pruning_record
 
 
 @dataclass(frozen=True)

@@ -24,22 +24,35 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import Profile, TrainConfig, replace_checked
 from ..data import DatasetSpec, ImageData
-from ..observations import UnlearnConfig, Unlearned, clean_unlearn, flatten_layers, nwc_layers, weight_changes
-from ..training import BatchTransform, History, Step, train
+from ..unlearning import UnlearnConfig, Unlearned, clean_unlearn
+from ..training import BatchTransform, History, train
+from .activeness import ActivenessAwareStep, CopyingActivenessAwareStep
 from .base import DefenseResult, DefenseSpec, register
 from .common import capped_epochs
+from .reinit import DISRUPTION, OFFICIAL_SWEEP, choose_neuron_ratio, top_neurons, zero_reinit
+
+__all__ = [  # stage 1 and the stage-2 step live in .reinit and .activeness; importable from here as before
+    "DISRUPTION",
+    "OFFICIAL_SWEEP",
+    "ActivenessAwareStep",
+    "CopyingActivenessAwareStep",
+    "TSBDConfig",
+    "activeness_aware_finetune",
+    "choose_neuron_ratio",
+    "defend",
+    "top_neurons",
+    "zero_reinit",
+]
 
 @dataclass(frozen=True)
 class TSBDConfig:
@@ -98,174 +111,6 @@ class TSBDConfig:
         )
 
 
-# ---------------------------------------------------------------------------------------------
-# Stage 1
-
-
-def zero_reinit(
-    model: nn.Module,
-    unlearned: nn.Module,
-    neuron_ratio: float,
-    weight_ratio: float = 0.7,
-    layers: list[str] | None = None,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """A copy of ``model`` with the top weight changes of the top-NWC neurons set to zero.
-
-    1. NWC per neuron (output channel) of each layer from ``model`` to ``unlearned``; all layers
-       ranked together; the top ``int(neuron_ratio * neurons)`` kept.
-    2. Their individual changes |dw| pooled; the threshold is the smallest of the top
-       ``int(weight_ratio * len)``; every weight of those neurons with |dw| >= threshold is zeroed.
-
-    Returns the copy and a record: neurons and zeroed weights per layer, the threshold.
-    """
-    if not (0 <= neuron_ratio <= 1 and 0 <= weight_ratio <= 1):
-        raise ValueError(f"neuron_ratio {neuron_ratio!r} and weight_ratio {weight_ratio!r} must be in [0, 1]")
-    layers = layers if layers is not None else nwc_layers(model)
-    changes = weight_changes(model, unlearned, layers)
-    nwc, owner = flatten_layers({name: changes[name].sum(1) for name in layers})
-    n_top = int(neuron_ratio * len(nwc))
-    top = nwc.argsort(descending=True, stable=True)[:n_top].tolist()
-    chosen: dict[str, list[int]] = {name: [] for name in layers}
-    for index in top:
-        name, k = owner[index]
-        chosen[name].append(k)
-    pooled = torch.cat([changes[name][chosen[name]].flatten() for name in layers]) if n_top else torch.empty(0)
-    n_weights = int(weight_ratio * len(pooled))
-    reinit = copy.deepcopy(model)
-    modules = dict(reinit.named_modules())
-    record: dict[str, Any] = {"neurons": n_top, "total_neurons": len(nwc), "threshold": None, "layers": {}}
-    if n_weights == 0:
-        record["zeroed_weights"] = 0
-        return reinit, record
-    threshold = pooled.topk(n_weights).values.min()
-    zeroed = 0
-    with torch.no_grad():
-        for name in layers:
-            rows = chosen[name]
-            if not rows:
-                continue
-            weight = modules[name].weight
-            mask = torch.zeros_like(changes[name], dtype=torch.bool)
-            mask[rows] = changes[name][rows] >= threshold
-            weight.masked_fill_(mask.view_as(weight).to(weight.device), 0.0)
-            record["layers"][name] = {"neurons": len(rows), "zeroed_weights": int(mask.sum())}
-            zeroed += int(mask.sum())
-    record.update(threshold=float(threshold), zeroed_weights=zeroed)
-    return reinit, record
-
-
-OFFICIAL_SWEEP = (0.01, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 0.9)  # n values the official code runs
-DISRUPTION = 2 / 3  # the rule below: stage 1 must cost at least a third of the clean accuracy
-
-
-def choose_neuron_ratio(clean_acc: dict[float, float], before: float, disruption: float = DISRUPTION) -> float:
-    """The suite's rule for n, from clean data only: the smallest n whose stage 1 is disruptive enough.
-
-    ``clean_acc`` maps candidate n (the official sweep) to the accuracy on the defender's clean
-    images right after stage 1 (averaged over the models the rule is set for); ``before`` is that
-    accuracy before stage 1. The rule returns the smallest n with ``clean_acc[n] <= disruption *
-    before``: stage 1 has to remove enough of the network that the model visibly breaks (a third
-    of its clean accuracy), and stage 2 is there to earn it back. No backdoor data, no test set.
-    Falls back to the largest candidate when none qualifies.
-    """
-    if not clean_acc:
-        raise ValueError("no candidate neuron ratios given")
-    for n in sorted(clean_acc):
-        if clean_acc[n] <= disruption * before:
-            return n
-    return max(clean_acc)
-
-
-# ---------------------------------------------------------------------------------------------
-# Stage 2
-
-
-def _batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-class ActivenessAwareStep(Step):
-    """One activeness-aware step, in place: g = (1 - alpha) g1 + alpha * grad L(theta + r g1/||g1||).
-
-    Per batch: forward/backward at theta (g1; BN running statistics update here, once); add
-    e = r * g1 / ||g1|| to each parameter tensor; forward/backward again with BN running statistics
-    frozen (``track_running_stats`` off: batch statistics, no update); restore the saved weights
-    exactly; combine the gradients; one optimizer step. Two passes, no model copy, no extra
-    forward. With ``alpha == 0`` the second pass is skipped: a plain SGD step.
-    """
-
-    def __init__(self, radius: float, alpha: float, eps: float = 1e-12) -> None:
-        if radius < 0 or not 0 <= alpha <= 1:
-            raise ValueError(f"radius must be >= 0 and alpha in [0, 1], got radius={radius!r}, alpha={alpha!r}")
-        self.radius, self.alpha, self.eps = radius, alpha, eps
-        self._backup: list[torch.Tensor] | None = None  # one buffer per parameter, reused every step
-
-    def __call__(self, model, x, y, optimizer):
-        logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.alpha > 0:
-            self._perturbed_gradient(model, x, y)
-        optimizer.step()
-        return loss.detach(), logits.detach()
-
-    def _perturbed_gradient(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-        params = [p for p in model.parameters() if p.grad is not None]
-        g1 = [p.grad for p in params]
-        if self._backup is None or [b.shape for b in self._backup] != [p.shape for p in params]:
-            self._backup = [torch.empty_like(p) for p in params]
-        with torch.no_grad():
-            torch._foreach_copy_(self._backup, params)
-            # One synchronisation for all the norms, not one per tensor.
-            scale = [self.radius / (n + self.eps) for n in torch.stack(torch._foreach_norm(g1)).tolist()]
-            torch._foreach_add_(params, torch._foreach_mul(g1, scale))
-        for p in params:
-            p.grad = None
-        norms = [(bn, bn.track_running_stats) for bn in _batch_norms(model)]
-        try:
-            for bn, _ in norms:
-                bn.track_running_stats = False  # train mode: batch statistics, running ones untouched
-            F.cross_entropy(model(x).float(), y).backward()
-        finally:
-            for bn, tracked in norms:
-                bn.track_running_stats = tracked
-            with torch.no_grad():
-                torch._foreach_copy_(params, self._backup)
-        g2 = [p.grad for p in params]
-        torch._foreach_mul_(g2, self.alpha)
-        torch._foreach_add_(g2, g1, alpha=1 - self.alpha)
-
-
-class CopyingActivenessAwareStep(Step):
-    """The same update, formulated as the official code does it: a model copy per batch.
-
-    Kept as a reference for tests (the in-place step must match it) and for
-    ``benchmarks/stage2_step.py`` (the in-place step must be faster). Not used by the defense.
-    """
-
-    def __init__(self, radius: float, alpha: float, eps: float = 1e-12) -> None:
-        self.radius, self.alpha, self.eps = radius, alpha, eps
-
-    def __call__(self, model, x, y, optimizer):
-        logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        shadow = copy.deepcopy(model)  # its BN statistics, updated by the second pass, are thrown away
-        with torch.no_grad():  # (deepcopy does not copy .grad: read g1 from the original)
-            for p, q in zip(model.parameters(), shadow.parameters()):
-                if p.grad is not None:
-                    q.add_(p.grad * (self.radius / (p.grad.norm() + self.eps)))
-        shadow.zero_grad(set_to_none=True)
-        F.cross_entropy(shadow(x).float(), y).backward()
-        for p, q in zip(model.parameters(), shadow.parameters()):
-            if p.grad is not None:
-                p.grad.mul_(1 - self.alpha).add_(q.grad, alpha=self.alpha)
-        optimizer.step()
-        return loss.detach(), logits.detach()
-
-
 def activeness_aware_finetune(
     model: nn.Module,
     clean: ImageData,
@@ -298,12 +143,6 @@ def activeness_aware_finetune(
         progress=progress,
         desc="activeness-aware fine-tuning" if config.alpha > 0 else "vanilla fine-tuning",
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Both stages
-
-
 
 
 def defend(

@@ -5,7 +5,8 @@ One module per job:
 * :mod:`.keys`: the cache key of each model (what determines it);
 * :mod:`.trained`: the clean, backdoored and unlearned models (notebooks 00-02 train them);
 * :mod:`.defended`: TSBD and the baselines run on the backdoored models (notebooks 05, 06);
-* :mod:`.evaluation`: ACC / ASR / RA on the evaluation images, and the per-attack table.
+* :mod:`.evaluation`: ACC / ASR / RA on the evaluation images, and the per-attack table;
+* :mod:`.triggers`: what NC and i-BAU find, beside the real trigger (notebook 06).
 
 Example:
     >>> from tsbd_utils import session, zoo
@@ -31,6 +32,7 @@ from .evaluation import (
     trigger_floor,
 )
 from .keys import backdoor_fields, clean_fields, evaluation_key, model_fields, unlearn_config
+from .triggers import ibau_perturbation, nc_reversed_trigger, trigger_residual
 from .trained import Backdoored, Trained, attack_context, backdoored_model, clean_model, on_device, unlearned_model
 
 __all__ = [
@@ -53,6 +55,9 @@ __all__ = [
     "evaluation_key",
     "evaluation_set",
     "evaluation_table",
+    "ibau_perturbation",
+    "nc_reversed_trigger",
+    "trigger_residual",
     "model_fields",
     "on_device",
     "oracle_data",

@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from ..defenses import DEFENSES, DefenseContext, DefenseResult, TSBDConfig
-from ..observations import UNLEARN_MODES
+from ..unlearning import UNLEARN_MODES
 from ..session import Session
 from ..shortcut import PhotometricConfig, PhotometricLift
 from .evaluation import curve_eval, oracle_data

@@ -126,16 +126,16 @@ def evaluation_table(
     """
     attacks = list(dict.fromkeys(a for per_attack in runs.values() for a in per_attack))
     base = {a: backdoor_evaluation(session, a) for a in attacks}
+    triggers = {a: backdoored_model(session, a, progress=False).attack for a in attacks}  # loaded once per attack
     rows = []
     if before is not None:
         rows += [_row(before, a, base[a], base[a], float("nan")) for a in attacks]
     for method, per_attack in runs.items():
         for a, defended in per_attack.items():
-            attack = backdoored_model(session, a, progress=False).attack
             if defended.fields is None:
-                ev = evaluate(session, defended.model, attack)
+                ev = evaluate(session, defended.model, triggers[a])
             else:
-                ev = evaluate_cached(session, defended.fields, defended.model, attack)
+                ev = evaluate_cached(session, defended.fields, defended.model, triggers[a])
             rows.append(_row(method, a, base[a], ev, defended.info.get("compute_seconds", float("nan"))))
     return pd.DataFrame(rows, columns=["method", "attack", *METRICS, "seconds"])
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import Profile
-from ..observations import UnlearnConfig
+from ..unlearning import UnlearnConfig
 from ..session import Session
 
 

@@ -15,9 +15,9 @@ from torch import nn
 
 from ..attacks import ATTACKS, Attack, AttackConfig, AttackContext
 from ..models import count_parameters, model_for
-from ..observations import UNLEARN_MODES, UnlearnConfig, Unlearned, clean_unlearn, poison_unlearn
 from ..session import Session
 from ..training import History, channels_last_safe, train
+from ..unlearning import UNLEARN_MODES, UnlearnConfig, Unlearned, clean_unlearn, poison_unlearn
 from .keys import backdoor_fields, clean_fields, model_fields, unlearn_config
 
 
