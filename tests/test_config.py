@@ -97,3 +97,43 @@ def test_config_knows_the_registered_names_without_importing_them():
     code = "import sys, tsbd_utils.config; print(sorted(m for m in sys.modules if m.startswith(('tsbd_utils.', 'torch'))))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "tsbd_utils.data" not in loaded and "tsbd_utils.models" not in loaded and "'torch'" not in loaded, loaded
+
+
+@pytest.mark.parametrize(
+    "name, setting, value, wanted",
+    [
+        ("clp", "u", "3", "a number"),
+        ("ft", "finetune", None, None),  # not a simple type: left to the config's own checks (see below)
+        ("tsbd", "epochs", True, "an int"),
+        ("anp", "eps", False, "a number"),
+        ("ibau", "augment", 1, "True or False"),
+        ("nad", "teacher_epochs", 2.0, "an int"),
+    ],
+)
+def test_a_setting_of_the_wrong_type_names_the_type_asked_for(name, setting, value, wanted):
+    from tsbd_utils.defenses import DEFENSES, config_for
+
+    profile = config.resolve("quick")
+    if wanted is None:
+        assert config_for(name, profile).finetune.epochs >= 1  # the nested config keeps its own checks
+        return
+    title = DEFENSES[name].config.__name__
+    with pytest.raises(ValueError, match=rf"^{title}\.{setting} must be {wanted}, got {value!r}$"):
+        config_for(name, profile, **{setting: value})
+    with pytest.raises(ValueError, match=rf"^{title}\.{setting} must be {wanted}"):
+        DEFENSES[name].config(**{setting: value})  # built directly, the same check
+
+
+def test_python_numbers_pass_the_type_check_and_bools_are_not_numbers():
+    import numpy as np
+
+    from tsbd_utils.defenses import TSBDConfig
+
+    c = TSBDConfig(neuron_ratio=np.float64(0.3), epochs=2, radius=1)  # a float subclass, an int as a float
+    assert c.neuron_ratio == 0.3 and c.epochs == 2
+    with pytest.raises(ValueError, match=r"TSBDConfig\.epochs must be an int, got np\.int64\(2\)"):
+        TSBDConfig(epochs=np.int64(2))
+    with pytest.raises(ValueError, match=r"TrainConfig\.epochs must be an int, got True"):
+        config.TrainConfig(epochs=True)
+    with pytest.raises(ValueError, match=r"TrainConfig\.lr must be a number, got '0.1'"):
+        config.resolve("quick", train={"lr": "0.1"})

@@ -3,6 +3,7 @@
 import copy
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
@@ -241,7 +242,8 @@ def test_defense_is_deterministic_for_a_seed():
     ],
 )
 def test_bad_config_values_fail_naming_the_value(field, value):
-    with pytest.raises(ValueError, match=rf"{field}={value!r}".replace("(", r"\(").replace(")", r"\)")):
+    # a value of the wrong type is named by check_types, a wrong value of the right type by the range checks
+    with pytest.raises(ValueError, match=rf"{field}(=| must be .*, got ){re.escape(repr(value))}"):
         IBAUConfig(**{field: value})
 
 

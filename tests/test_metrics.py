@@ -65,7 +65,8 @@ def test_asr_refuses_a_target_the_dataset_does_not_have():
     "images, message",
     [
         (torch.full((2, 1, 4, 4), 255.0), r"float images must lie in \[0, 1\] .*got values in \[255, 255\]"),
-        (torch.full((2, 1, 4, 4), float("nan")), r"float images must lie in \[0, 1\]"),
+        (torch.full((2, 1, 4, 4), float("nan")), r"images hold 32 NaN or infinite values; allowed: finite"),
+        (torch.full((2, 1, 4, 4), float("inf")), r"images hold 32 NaN or infinite values; allowed: finite"),
         (torch.zeros(2, 1, 4, 4, dtype=torch.int32), r"images must be uint8 or float in \[0, 1\], got torch.int32"),
     ],
 )

@@ -1,10 +1,14 @@
+import dataclasses
 import re
+import urllib.error
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from tsbd_utils import reproduce
+from tsbd_utils import data, reproduce
+
+from .test_data import write_fmnist
 
 
 def _notebook(path: Path, params: str = "PROFILE = 'quick'\nSEED = 0") -> Path:
@@ -40,7 +44,7 @@ def test_cli_runs_in_order_and_rejects_bad_names(tmp_path, capsys):
         _notebook(
             folder / name,
             "PROFILE = 'quick'\nDATASET = None\nSEED = 0\nDEVICE = 'auto'\n"
-            "CACHE_DIR = None\nFIGURES_DIR = '.'\nRUN_DIR = None",
+            "CACHE_DIR = None\nFIGURES_DIR = '.'\nRUN_DIR = None\nDATA_DIR = None",
         )
     assert [p.name for p in reproduce.notebooks(folder)] == ["00_a.ipynb", "01_b.ipynb"]
     assert reproduce.main(["--profile", "fast", "--notebooks-dir", str(folder)]) == 2
@@ -49,6 +53,7 @@ def test_cli_runs_in_order_and_rejects_bad_names(tmp_path, capsys):
     assert reproduce.main(["--only", "07", "--notebooks-dir", str(folder)]) == 2
     assert "no notebook numbered 07; allowed: 00, 01" in capsys.readouterr().err
     run_dir = tmp_path / "runs"
+    write_fmnist(tmp_path / "data")
     assert (
         reproduce.main(
             [
@@ -62,6 +67,8 @@ def test_cli_runs_in_order_and_rejects_bad_names(tmp_path, capsys):
                 str(tmp_path / "f"),
                 "--only",
                 "01",
+                "--data-dir",
+                str(tmp_path / "data"),
             ]
         )
         == 0
@@ -110,3 +117,22 @@ def test_a_read_only_setting_that_is_not_understood_is_refused(tmp_path, capsys,
     assert "$TSBD_CACHE_READ_ONLY='maybe' is not understood; allowed: 1, true, yes, 0, false, no or unset" in (
         capsys.readouterr().err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nbs"]
+
+
+def test_a_named_data_folder_without_the_dataset_is_refused_before_any_notebook(tmp_path, capsys, monkeypatch):
+    def offline(root: Path) -> None:
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    spec = data.DATASETS["fashion_mnist"]
+    monkeypatch.setitem(data.DATASETS._items, "fashion_mnist", dataclasses.replace(spec, fetch=offline))
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    _notebook(folder / "00_a.ipynb", "PROFILE = 'smoke'")
+    (tmp_path / "empty").mkdir()
+    before = sorted(tmp_path.rglob("*"))
+    assert reproduce.main(["--profile", "smoke", "--notebooks-dir", str(folder), "--run-dir", str(tmp_path / "r"),
+                           "--cache-dir", str(tmp_path / "c"), "--figures-dir", str(tmp_path / "f"),
+                           "--data-dir", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"Fashion-MNIST .* not found; looked in: .*empty; the torchvision download failed", err), err
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written, no notebook run

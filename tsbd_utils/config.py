@@ -20,6 +20,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+
 from .names import DATASET_NAMES, MODEL_NAMES, check_name
 from .registry import Registry
 from .schedules import SCHEDULES
@@ -28,6 +29,27 @@ from .schedules import SCHEDULES
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
+
+
+_KINDS = {  # annotation -> (test, what the message asks for); a bool is never a number
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an int"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    "bool": (lambda v: isinstance(v, bool), "True or False"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def check_types(config: Any) -> None:
+    """Every int, float, bool or str field of a dataclass ``config`` holds that type, so that ``u='3'`` or
+    ``epochs=True`` is named with the type asked for, not met later as a bare TypeError in a comparison.
+    Python numbers only where an int is asked for (``int(n)`` a NumPy integer): settings go into cache keys.
+    Called first in the ``__post_init__`` of every config; other annotations are left to those checks."""
+    for f in dataclasses.fields(config):
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        if kind in _KINDS:
+            test, wanted = _KINDS[kind]
+            value = getattr(config, f.name)
+            _require(test(value), f"{type(config).__name__}.{f.name} must be {wanted}, got {value!r}")
 
 
 def replace_checked(config: Any, **overrides: Any) -> Any:
@@ -57,6 +79,7 @@ class TrainConfig:
     channels_last: bool = True  # NHWC memory format on CPU and CUDA (1.2-1.4x on 2 CPU cores: benchmarks/train_step.py)
 
     def __post_init__(self) -> None:
+        check_types(self)
         _require(isinstance(self.epochs, int) and self.epochs >= 0, f"epochs must be an int >= 0, got {self.epochs!r}")
         _require(
             isinstance(self.batch_size, int) and self.batch_size > 0,
@@ -106,6 +129,7 @@ class Profile:
     description: str = ""  # one line for tables and notebook headers
 
     def __post_init__(self) -> None:
+        check_types(self)
         check_name("dataset", self.dataset, DATASET_NAMES)
         check_name("model", self.model, MODEL_NAMES)
         for name in ("train_size", "test_size", "eval_size"):

@@ -96,7 +96,10 @@ def _as_float_batch(batch: torch.Tensor) -> torch.Tensor:
     if not batch.is_floating_point():
         raise ValueError(f"images must be uint8 or float in [0, 1], got {batch.dtype}")
     if batch.numel():
-        low, high = torch.aminmax(batch)  # NaN propagates into both, and fails the test below
+        bad = int((~torch.isfinite(batch)).sum())
+        if bad:
+            raise ValueError(f"images hold {bad} NaN or infinite values; allowed: finite values in [0, 1]")
+        low, high = torch.aminmax(batch)
         if not (0 <= low.item() and high.item() <= 1):
             raise ValueError(f"float images must lie in [0, 1] (uint8 images are scaled here), got values in "
                              f"[{low.item():.3g}, {high.item():.3g}]")

@@ -22,7 +22,7 @@ from typing import Any
 
 from .cache import READ_ONLY_ENV, read_only_from_env
 from .config import PROFILES
-from .data import DATASETS, DatasetNotFoundError, checked_named_dir
+from .data import DATASETS, DatasetNotFoundError, checked_named_dir, locate
 from .device import resolve_device
 from .paths import (
     cache_dir as default_cache_dir,
@@ -108,7 +108,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check_settings(args: argparse.Namespace) -> str | None:
     """What is wrong with the command line's settings (None if nothing): names, seed, device, the data folder and
-    the folders the run writes to. Nothing is created or written here."""
+    the folders the run writes to, and last whether the dataset can be found. Nothing is created or written here,
+    except that a dataset found nowhere is downloaded now (as the first notebook would), into a scratch folder
+    first, so that a failed download leaves nothing behind."""
     try:
         PROFILES.check(args.profile)
         if args.dataset is not None:
@@ -140,6 +142,10 @@ def _check_settings(args: argparse.Namespace) -> str | None:
         reason = unusable_folder(folder)
         if reason:
             return f"the {what} {folder} cannot be used: {reason}"
+    try:  # the data last: a missing dataset is fetched here, so only once every other setting is known good
+        locate(DATASETS[args.dataset or PROFILES[args.profile].dataset], args.data_dir)
+    except DatasetNotFoundError as err:
+        return str(err)
     return None
 
 

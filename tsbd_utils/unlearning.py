@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import metrics
-from .config import Profile, TrainConfig
+from .config import Profile, TrainConfig, check_types
 from .data import DatasetSpec, ImageData
 from .training import History, Step, train
 
@@ -38,6 +38,7 @@ class UnlearnConfig:
     max_epochs: int = 1000  # official cap; profiles lower it (Profile.unlearn_cap)
 
     def __post_init__(self) -> None:
+        check_types(self)
         if not (self.lr > 0 and 0 <= self.momentum < 1 and self.batch_size > 0 and self.max_epochs > 0):
             raise ValueError(
                 f"invalid unlearning config {self}: need lr > 0, momentum in [0, 1), batch_size > 0, max_epochs > 0"

@@ -51,7 +51,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..augment import augment
-from ..config import Profile, replace_checked
+from ..config import Profile, check_types, replace_checked
 from ..data import DatasetSpec, ImageData
 from ..rng import generator
 from ..training import channels_last_safe
@@ -81,6 +81,7 @@ class ANPConfig:
     oracle_rule: str = "lowest_asr"  # the oracle's rule: BackdoorBench keeps the lowest test ASR
 
     def __post_init__(self) -> None:
+        check_types(self)
         checks = {
             "eps": self.eps >= 0,
             "steps": isinstance(self.steps, int) and self.steps >= 1,

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import Profile, replace_checked
+from ..config import Profile, check_types, replace_checked
 from ..data import DatasetSpec
 from .base import DefenseResult, DefenseSpec, register
 from .common import working_copy
@@ -45,6 +45,7 @@ class CLPConfig:
     u: float = 3.0  # prune channels whose UCLC exceeds the layer's mean + u * std
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.u < 0:
             raise ValueError(f"u must be >= 0, got {self.u!r}")
 

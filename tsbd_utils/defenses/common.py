@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .. import metrics
-from ..config import Profile, TrainConfig
+from ..config import Profile, TrainConfig, check_types
 from ..data import DatasetSpec, ImageData
 from ..training import History, Step, train
 
@@ -50,6 +50,7 @@ class FineTuning:
     schedule: str = "cosine"
 
     def __post_init__(self) -> None:
+        check_types(self)
         if not (isinstance(self.epochs, int) and self.epochs >= 1):
             raise ValueError(f"fine-tuning epochs must be an int >= 1, got {self.epochs!r}")
 

@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from .. import metrics
-from ..config import Profile, replace_checked
+from ..config import Profile, check_types, replace_checked
 from ..data import DatasetSpec, ImageData
 from .base import DefenseResult, DefenseSpec, register
 from .common import PRUNING_CHOICES, FineTuning, OracleData, check_choice, fine_tune, select_amount, working_copy
@@ -52,6 +52,7 @@ class FPConfig:
     finetune: FineTuning = field(default_factory=FineTuning)
 
     def __post_init__(self) -> None:
+        check_types(self)
         if not 0 < self.prune_step <= 1:
             raise ValueError(f"prune_step must be in (0, 1], got {self.prune_step!r}")
         if not 0 <= self.acc_ratio < 1:

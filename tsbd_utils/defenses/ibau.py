@@ -54,7 +54,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..augment import augment
-from ..config import Profile, replace_checked
+from ..config import Profile, check_types, replace_checked
 from ..data import DatasetSpec, ImageData
 from ..rng import generator
 from .base import DefenseResult, DefenseSpec, register
@@ -82,6 +82,7 @@ class IBAUConfig:
     tol: float = 1e-10  # stop the fixed-point iteration once successive iterates differ by less
 
     def __post_init__(self) -> None:
+        check_types(self)
         checks = {
             "n_rounds": isinstance(self.n_rounds, int) and self.n_rounds >= 1,
             "fixed_point_steps": isinstance(self.fixed_point_steps, int) and self.fixed_point_steps >= 1,

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Profile, replace_checked
+from ..config import Profile, check_types, replace_checked
 from ..data import DatasetSpec, ImageData
 from ..training import Step
 from .base import DefenseResult, DefenseSpec, register
@@ -56,6 +56,7 @@ class NADConfig:
     finetune: FineTuning = field(default_factory=FineTuning)  # the student's training
 
     def __post_init__(self) -> None:
+        check_types(self)
         if not (isinstance(self.teacher_epochs, int) and self.teacher_epochs >= 1):
             raise ValueError(f"teacher_epochs must be an int >= 1, got {self.teacher_epochs!r}")
         if self.power <= 0:

@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import Profile, replace_checked
+from ..config import Profile, check_types, replace_checked
 from ..data import DatasetSpec, ImageData
 from ..rng import generator
 from .base import DefenseResult, DefenseSpec, register
@@ -104,6 +104,7 @@ class NCConfig:
     finetune: FineTuning = field(default_factory=FineTuning)  # the unlearning fine-tuning recipe
 
     def __post_init__(self) -> None:
+        check_types(self)
         def positive_int(v: Any) -> bool:
             return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Profile, TrainConfig, replace_checked
+from ..config import Profile, TrainConfig, check_types, replace_checked
 from ..data import DatasetSpec, ImageData
 from ..training import Step, train
 from ..unlearning import AscentStep
@@ -85,6 +85,7 @@ class RNPConfig:
     oracle_rule: str = "lowest_asr"  # the oracle's rule: BackdoorBench keeps the lowest test ASR
 
     def __post_init__(self) -> None:
+        check_types(self)
         checks = {
             "clean_fraction": 0 < self.clean_fraction <= 1,
             "unlearning_lr": self.unlearning_lr > 0,

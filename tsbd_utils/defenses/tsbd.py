@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import Profile, TrainConfig, replace_checked
+from ..config import Profile, TrainConfig, check_types, replace_checked
 from ..data import DatasetSpec, ImageData
 from ..unlearning import UnlearnConfig, Unlearned, clean_unlearn
 from ..training import BatchTransform, History, train
@@ -69,6 +69,7 @@ class TSBDConfig:
     batch_size: int = 256  # both stages
 
     def __post_init__(self) -> None:
+        check_types(self)
         checks = {
             "neuron_ratio": 0 <= self.neuron_ratio <= 1,
             "weight_ratio": 0 <= self.weight_ratio <= 1,
