@@ -186,6 +186,7 @@ def test_training_recipes_follow_backdoorbench_where_the_profile_asks():
         ("ssba", {"warmup": 1.0}, r"SSBAConfig.warmup must be in \[0, 1\), got 1.0"),
         ("inputaware", {"mask_density": -0.1}, r"InputAwareConfig.mask_density must be in \(0, 1\], got -0.1"),
         ("trojan", {"iterations": 0}, r"TrojanConfig.iterations must be in \(0, inf\), got 0"),
+        ("blended", {"image": "kitty.png"}, r"BlendedConfig.image 'kitty.png' is not a sample image .*grace_hopper"),
     ],
 )
 def test_out_of_range_settings_are_refused_when_the_attack_is_built(name, setting, message):
@@ -206,3 +207,20 @@ def test_apply_uint8_refuses_float_images():
     attack = ATTACKS["badnets"]()
     with pytest.raises(ValueError, match=r"apply_uint8 takes uint8 images .* got torch.float32; use apply for floats"):
         attack.apply_uint8(torch.rand(2, 1, 28, 28))
+
+
+def test_a_state_without_the_attacks_tensors_is_refused_by_name(prepared, context):
+    with pytest.raises(ValueError, match=r"BadNets state lacks shape, mask; it holds nothing"):
+        ATTACKS["badnets"]().load_state_dict({})
+    with pytest.raises(ValueError, match=r"BadNets state lacks mask; it holds pattern, shape \(is it another attack"):
+        ATTACKS["badnets"]().load_state_dict(prepared["blended"].state_dict())
+    with pytest.raises(ValueError, match=r"SSBA state lacks encoder\.\*, decoder\.\*, secret"):
+        ATTACKS["ssba"]().load_state_dict(prepared["trojan"].state_dict())
+    for name, attack in prepared.items():  # every attack's own state passes its check (state_keys are right)
+        ATTACKS[name]().load_state_dict(attack.state_dict())
+
+
+def test_apply_uint8_refuses_a_batch_size_below_one(prepared):
+    x = torch.zeros(2, *prepared["badnets"].shape, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"batch_size must be an int >= 1, got 0"):
+        prepared["badnets"].apply_uint8(x, batch_size=0)

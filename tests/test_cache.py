@@ -139,6 +139,20 @@ def test_get_or_train_restores_weights_and_extras(tmp_path):
     assert not m2.training
 
 
+def test_get_or_train_refuses_a_fit_without_extras_and_an_entry_of_another_architecture(tmp_path):
+    cache = Cache(tmp_path)
+    kwargs = dict(num_classes=3, in_channels=1, mean=(0.5,), std=(0.5,))
+    narrow = models.build_model("preactresnet18", seed=0, width=2, **kwargs)
+    with pytest.raises(TypeError, match="fit must return a dict of JSON-able extras, got NoneType; nothing stored"):
+        cache.get_or_train("model", {"k": 1}, narrow, lambda m: None)
+    assert list(tmp_path.rglob("*.safetensors")) == []
+    cache.get_or_train("model", {"k": 1}, narrow, lambda m: {})
+    wide = models.build_model("preactresnet18", seed=0, width=4, **kwargs)  # the key's fields leave out the width
+    message = r"the cached model entry \S+ holds weights of another architecture .*first conv1.weight: stored \[2, 1"
+    with pytest.raises(RuntimeError, match=message):
+        cache.get_or_train("model", {"k": 1}, wide, lambda m: {})
+
+
 def test_location_explicit_then_environment_then_project(tmp_path, monkeypatch):
     monkeypatch.setenv("TSBD_CACHE_DIR", str(tmp_path / "env"))
     assert Cache.at(tmp_path / "explicit").root == tmp_path / "explicit"

@@ -1,4 +1,5 @@
 import dataclasses
+import re
 
 import pytest
 
@@ -102,10 +103,11 @@ def test_config_knows_the_registered_names_without_importing_them():
 @pytest.mark.parametrize(
     "name, setting, value, wanted",
     [
-        ("clp", "u", "3", "a number"),
-        ("ft", "finetune", None, None),  # not a simple type: left to the config's own checks (see below)
+        ("clp", "u", "3", "a finite number"),
+        ("ft", "finetune", {"epochs": 5}, "a FineTuning"),  # a nested config, never a plain dict
+        ("tsbd", "unlearn", {"lr": 1e-3}, "an UnlearnConfig"),
         ("tsbd", "epochs", True, "an int"),
-        ("anp", "eps", False, "a number"),
+        ("anp", "eps", False, "a finite number"),
         ("ibau", "augment", 1, "True or False"),
         ("nad", "teacher_epochs", 2.0, "an int"),
     ],
@@ -114,11 +116,8 @@ def test_a_setting_of_the_wrong_type_names_the_type_asked_for(name, setting, val
     from tsbd_utils.defenses import DEFENSES, config_for
 
     profile = config.resolve("quick")
-    if wanted is None:
-        assert config_for(name, profile).finetune.epochs >= 1  # the nested config keeps its own checks
-        return
     title = DEFENSES[name].config.__name__
-    with pytest.raises(ValueError, match=rf"^{title}\.{setting} must be {wanted}, got {value!r}$"):
+    with pytest.raises(ValueError, match=rf"^{title}\.{setting} must be {wanted}, got {re.escape(repr(value))}$"):
         config_for(name, profile, **{setting: value})
     with pytest.raises(ValueError, match=rf"^{title}\.{setting} must be {wanted}"):
         DEFENSES[name].config(**{setting: value})  # built directly, the same check
@@ -135,5 +134,39 @@ def test_python_numbers_pass_the_type_check_and_bools_are_not_numbers():
         TSBDConfig(epochs=np.int64(2))
     with pytest.raises(ValueError, match=r"TrainConfig\.epochs must be an int, got True"):
         config.TrainConfig(epochs=True)
-    with pytest.raises(ValueError, match=r"TrainConfig\.lr must be a number, got '0.1'"):
+    with pytest.raises(ValueError, match=r"TrainConfig\.lr must be a finite number, got '0.1'"):
         config.resolve("quick", train={"lr": "0.1"})
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: config.resolve("quick", train={"lr": float("inf")}),
+         r"TrainConfig\.lr must be a finite number, got inf"),
+        (lambda: config.resolve("quick", epoch_scale=float("nan")), r"Profile\.epoch_scale must be a finite number"),
+        (
+            lambda: dataclasses.replace(config.PROFILES["quick"], train={"epochs": 1}),
+            r"Profile\.train must be a TrainConfig, got \{'epochs': 1\}",
+        ),
+        (lambda: config.resolve("quick", eval_size="5000"), r"Profile\.eval_size must be an int or None, got '5000'"),
+    ],
+)
+def test_infinite_numbers_and_plain_dicts_for_nested_configs_are_refused(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"lr": -0.01}, r"fine-tuning lr must be >= 0, got -0\.01"),
+        ({"momentum": 1.0}, r"fine-tuning momentum must be in \[0, 1\), got 1\.0"),
+        ({"batch_size": 0}, r"fine-tuning batch_size must be an int > 0, got 0"),
+        ({"schedule": "step"}, r"step.*allowed: "),
+    ],
+)
+def test_fine_tuning_checks_its_recipe_when_built(overrides, message):
+    from tsbd_utils.defenses.common import FineTuning
+
+    with pytest.raises(ValueError, match=message):
+        FineTuning(**overrides)

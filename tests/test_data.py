@@ -99,6 +99,19 @@ def test_a_damaged_gzip_file_is_named_with_how_to_reinstall(no_system_data):
         data.load("fashion_mnist", data_dir=folder, download=False)
 
 
+def test_a_file_of_another_dataset_is_named_with_its_labels_and_how_to_reinstall(no_system_data):
+    folder = no_system_data / "fm"
+    write_fmnist(folder, compress=False)
+    write_idx(folder / "train-labels-idx1-ubyte", np.arange(12, dtype=np.uint8) + 10, compress=False)
+    with pytest.raises(ValueError, match=r"Fashion-MNIST in .*fm is not the expected dataset: its training split has "
+                                         r"labels 10\.\.21 outside 0\.\.9\. Reinstall it: .*apt-get"):
+        data.load("fashion_mnist", data_dir=folder, download=False)
+    write_fmnist(folder, compress=False)
+    write_idx(folder / "t10k-images-idx3-ubyte", np.zeros((6, 32, 32), dtype=np.uint8), compress=False)
+    with pytest.raises(ValueError, match=r"its test split has images of shape \(1, 32, 32\), expected \(1, 28, 28\)"):
+        data.load("fashion_mnist", data_dir=folder, download=False)
+
+
 def test_missing_dataset_says_how_to_get_it_and_touches_nothing(no_system_data):
     empty = no_system_data / "empty"
     empty.mkdir()

@@ -290,8 +290,13 @@ def test_nc_flags_and_unlearns_the_target_of_a_planted_patch_trigger():
     config = nc.NCConfig.for_profile(tconfig.PROFILES["quick"], finetune=FineTuning(epochs=5, batch_size=64))
     result = DEFENSES["nc"](model, clean, config, spec=spec, seed=0)
     record = result.record
-    assert record["flagged"] == [0] and record["unlearned"], record["anomaly_indices"]
+    # The target is flagged first (smallest norm) and stands far above every clean class; the MAD
+    # rule may also flag a clean class just over the threshold (class 1 here, index 3.0 against the
+    # target's 9.2), as BackdoorBench's would: unlearning then stamps both triggers.
+    index = record["anomaly_indices"]
+    assert record["flagged"][0] == 0 and record["unlearned"], index
     assert record["norms"][0] == min(record["norms"])
+    assert index[0] > 2 * max(a for k, a in enumerate(index) if k != 0), index
     after = metrics.attack_success_rate(metrics.predict(result.model, x_bd, 256, "cpu"), 0)
     acc = metrics.accuracy(metrics.predict(result.model, test.x, 256, "cpu"), test.y)
     assert after < 0.2 and acc > 0.9, (asr, after, acc)

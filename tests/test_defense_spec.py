@@ -53,9 +53,10 @@ def test_run_passes_the_common_inputs_and_only_the_declared_options_it_holds():
     model, clean, oracle = nn.Linear(2, 2), object(), object()
     ctx = DefenseContext(clean=clean, spec=None, seed=7, device=torch.device("cpu"), oracle=oracle,
                          eval_fn=lambda m: {})
-    _spec(echo).run(model, ctx, "cfg")
+    recipe = config.TrainConfig(epochs=2)
+    _spec(echo).run(model, ctx, recipe)
     m, c, cfg, kwargs = echo.calls[-1]
-    assert m is model and c is clean and cfg == "cfg"
+    assert m is model and c is clean and cfg is recipe
     assert kwargs == {"spec": None, "seed": 7, "device": torch.device("cpu"), "progress": False}  # no oracle
     _spec(echo, ("oracle",)).run(model, ctx, extra=1)
     assert echo.calls[-1][3]["oracle"] is oracle and echo.calls[-1][3]["extra"] == 1
@@ -70,6 +71,22 @@ def test_a_spec_is_called_like_its_function_and_refuses_unknown_options():
     assert echo.calls[-1][3] == {"seed": 3}
     with pytest.raises(ValueError, match=r"unknown defense option\(s\) \['teacher'\]; allowed: " + ", ".join(CONTEXT_OPTIONS)):
         _spec(echo, ("teacher",))
+
+
+def test_a_spec_refuses_another_defenses_config_by_name_before_the_defense_runs():
+    echo = _Echo()
+    ctx = DefenseContext(clean=None, spec=None)
+    clp = DEFENSE_CONFIGS["clp"]()
+    message = r"FT takes a FTConfig \(or None for its defaults\), got a CLPConfig"
+    with pytest.raises(TypeError, match=message):
+        DEFENSES["ft"](nn.Linear(1, 1), None, clp)
+    with pytest.raises(TypeError, match=message):
+        DEFENSES["ft"].run(nn.Linear(1, 1), ctx, clp)
+    with pytest.raises(TypeError, match="Echo takes a TrainConfig .*got a dict"):
+        _spec(echo)(nn.Linear(1, 1), None, {"epochs": 2})
+    assert echo.calls == []  # nothing ran
+    _spec(echo).run(nn.Linear(1, 1), ctx, None)  # None: the defense's defaults
+    assert echo.calls[-1][2] is None
 
 
 def test_the_registry_refuses_a_second_defense_of_the_same_name():

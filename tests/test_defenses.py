@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from tsbd_utils import config, data, models
-from tsbd_utils.defenses import DEFENSE_CONFIGS, DEFENSES, common, config_for
+from tsbd_utils.defenses import DEFENSE_CONFIGS, DEFENSES, common, config_for, nad
 from tsbd_utils.defenses.clp import CLPConfig, channel_lipschitz
 from tsbd_utils.defenses.common import OracleData, scaled_epochs, select_amount
 from tsbd_utils.defenses.fp import FPConfig, head_inputs
@@ -153,10 +153,13 @@ def test_nad_attention_maps_and_the_vanishing_pooled_term():
         NADConfig(teacher_epochs=0)
 
 
-def test_nad_fails_on_a_point_the_model_does_not_have():
+def test_nad_fails_on_a_point_the_model_does_not_have_before_training_the_teacher(monkeypatch):
+    trained = []
+    monkeypatch.setattr(nad, "fine_tune", lambda *a, **k: trained.append(1))
     cfg = NADConfig.for_profile(SMOKE, points=(("layer9", 1.0),))
     with pytest.raises(ValueError, match="layer9.*allowed"):
         DEFENSES["nad"](_model(), _clean(), cfg, spec=_spec(), seed=0)
+    assert trained == []  # refused before the teacher's epochs, not after them
 
 
 def test_clp_zeroes_the_bn_channel_behind_a_planted_high_lipschitz_kernel_and_reads_no_data():

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from tsbd_utils import metrics
+from tsbd_utils import metrics, models
 
 
 def test_accuracy_asr_ra():
@@ -88,3 +88,21 @@ def test_weight_distance_is_zero_only_for_unchanged_weights_and_counts_batchnorm
     assert weight_distance(a, b) == pytest.approx(5.0)
     with pytest.raises(ValueError, match="differ in their tensors"):
         weight_distance(a, nn.Sequential(nn.Conv2d(1, 2, 3)))
+
+
+def test_metrics_name_inputs_they_cannot_score():
+    with pytest.raises(TypeError, match=r"must be torch tensors .*got list and list"):
+        metrics.accuracy([0, 1], [0, 1])
+    with pytest.raises(ValueError, match=r"every true label is the target class 0: no backdoor image is left"):
+        metrics.attack_success_rate(torch.tensor([0, 1]), 0, true_labels=torch.tensor([0, 0]))
+    with pytest.raises(TypeError, match=r"acc_bd must be a fraction \(a number in \[0, 1\]\), got '0.9'"):
+        metrics.defense_effectiveness_rating("0.9", 1.0, 0.9, 0.1)
+
+
+def test_predict_refuses_a_batch_size_below_one_and_images_with_the_wrong_channels():
+    model = models.build_model("preactresnet18", num_classes=10, in_channels=1, width=2, mean=(0.5,), std=(0.5,),
+                               seed=0)
+    with pytest.raises(ValueError, match=r"batch_size must be an int >= 1, got 0"):
+        metrics.predict(model, torch.rand(2, 1, 28, 28), batch_size=0)
+    with pytest.raises(ValueError, match=r"images have 3 channel\(s\); this model takes 1"):
+        metrics.predict(model, torch.rand(2, 3, 28, 28))

@@ -136,3 +136,19 @@ def test_a_named_data_folder_without_the_dataset_is_refused_before_any_notebook(
     err = capsys.readouterr().err
     assert re.search(r"Fashion-MNIST .* not found; looked in: .*empty; the torchvision download failed", err), err
     assert sorted(tmp_path.rglob("*")) == before  # nothing written, no notebook run
+
+
+def test_a_damaged_dataset_is_refused_before_any_notebook(tmp_path, capsys):
+    write_fmnist(tmp_path / "data", compress=False)
+    labels = tmp_path / "data" / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:-3])  # cut short: 6 labels announced, 3 there
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    _notebook(folder / "00_a.ipynb", "PROFILE = 'smoke'")
+    before = sorted(tmp_path.rglob("*"))
+    assert reproduce.main(["--profile", "smoke", "--notebooks-dir", str(folder), "--run-dir", str(tmp_path / "r"),
+                           "--cache-dir", str(tmp_path / "c"), "--figures-dir", str(tmp_path / "f"),
+                           "--data-dir", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"Fashion-MNIST in .*data is damaged: .*t10k-labels-idx1-ubyte.*Reinstall it", err), err
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written, no notebook run

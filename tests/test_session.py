@@ -53,6 +53,15 @@ def test_start_refuses_a_missing_read_only_cache_and_accepts_an_existing_one(tmp
     assert s.cache.read_only and s.cache.root == tmp_path / "shared"
 
 
+@pytest.mark.parametrize("name, message", [("missing", "does not exist"), ("a-file", "is a file, not a folder")])
+def test_start_refuses_a_data_folder_that_is_missing_or_a_file_before_writing(tmp_path, name, message):
+    (tmp_path / "a-file").write_text("not a folder")
+    folders = {k: str(tmp_path / k) for k in ("cache_dir", "figures_dir", "run_dir")}
+    with pytest.raises(FileNotFoundError, match=rf"the data folder .*{name} \(from DATA_DIR / --data-dir\) {message}"):
+        session.start("00", profile="smoke", data_dir=str(tmp_path / name), **folders)
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]  # no cache, figures or run folder made
+
+
 def test_results_carry_provenance(tmp_path):
     s = session.start(
         "03",

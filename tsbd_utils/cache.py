@@ -256,17 +256,41 @@ class Cache:
 
         def compute() -> Artifact:
             extras = fit(model)
+            if not isinstance(extras, dict):  # stored as JSON beside the weights and returned on every hit
+                raise TypeError(
+                    f"fit must return a dict of JSON-able extras, got {type(extras).__name__}; nothing stored"
+                )
             value = {"extras": extras, **{f"state.{k}": v for k, v in model.state_dict().items()}}
             for name, obj in attachments.items():
                 value.update({f"{name}.{k}": v for k, v in obj.state_dict().items()})
             return value
 
         value, stored_info = self.get_or_compute_with_info(kind, fields, compute, info)
-        model.load_state_dict(_prefixed(value, "state."))
+        stored = _prefixed(value, "state.")
+        problem = _architecture_mismatch(stored, model.state_dict())
+        if problem:  # the key's fields left out something that shapes the model (its width, ...)
+            raise RuntimeError(
+                f"the cached {kind} entry {self.key(kind, fields)} holds weights of another architecture than the "
+                f"model given ({problem}); its fields must name everything that shapes the model"
+            )
+        model.load_state_dict(stored)
         for name, obj in attachments.items():
             obj.load_state_dict(_prefixed(value, f"{name}."))
         model.eval()
         return model, value["extras"], stored_info
+
+
+def _architecture_mismatch(stored: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str | None:
+    """The first difference between stored weights and a model's, in a few words (None if they fit)."""
+    if stored.keys() != expected.keys():
+        missing, extra = sorted(expected.keys() - stored.keys()), sorted(stored.keys() - expected.keys())
+        return f"missing {missing[:3]}, unexpected {extra[:3]}"
+    differ = [k for k in expected if stored[k].shape != expected[k].shape]
+    if differ:
+        k = differ[0]
+        return (f"{len(differ)} tensor(s) differ in shape, first {k}: stored {list(stored[k].shape)}, "
+                f"model {list(expected[k].shape)}")
+    return None
 
 
 def _prefixed(value: Artifact, prefix: str) -> dict[str, torch.Tensor]:

@@ -17,8 +17,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
+import sys
+import types
+import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 
 from .names import DATASET_NAMES, MODEL_NAMES, check_name
@@ -31,23 +35,59 @@ def _require(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
-_KINDS = {  # annotation -> (test, what the message asks for); a bool is never a number
-    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an int"),
-    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
-    "bool": (lambda v: isinstance(v, bool), "True or False"),
-    "str": (lambda v: isinstance(v, str), "a string"),
+def _finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+_KINDS: dict[type, tuple[Callable[[Any], bool], str]] = {  # type -> (test, what the message asks for)
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an int"),  # a bool is never a number
+    float: (_finite_number, "a finite number"),  # inf would pass every range check below and break training
+    bool: (lambda v: isinstance(v, bool), "True or False"),
+    str: (lambda v: isinstance(v, str), "a string"),
 }
 
 
+def _annotation(cls: type, f: dataclasses.Field) -> Any:
+    """The field's annotation as an object (annotations are strings here); None where it cannot be read."""
+    if not isinstance(f.type, str):
+        return f.type
+    module = sys.modules.get(cls.__module__)
+    try:
+        return eval(f.type, dict(vars(module)) if module else {})  # noqa: S307 - the class's own annotation
+    except Exception:  # a name imported for type checkers only: left to the config's own checks
+        return None
+
+
+def _expected(hint: Any) -> tuple[Callable[[Any], bool], str] | None:
+    """(test, words) for an int / float / bool / str / config-dataclass annotation, optionally ``| None``."""
+    members = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    rest = [m for m in members if m is not type(None)]
+    if len(rest) != 1:
+        return None
+    kind = rest[0]
+    if kind in _KINDS:
+        test, words = _KINDS[kind]
+    elif isinstance(kind, type) and dataclasses.is_dataclass(kind):
+        article = "an" if kind.__name__[0] in "AEIOU" else "a"
+        test, words = (lambda v, kind=kind: isinstance(v, kind)), f"{article} {kind.__name__}"
+    else:
+        return None
+    if len(rest) < len(members):
+        return (lambda v, test=test: v is None or test(v)), f"{words} or None"
+    return test, words
+
+
 def check_types(config: Any) -> None:
-    """Every int, float, bool or str field of a dataclass ``config`` holds that type, so that ``u='3'`` or
-    ``epochs=True`` is named with the type asked for, not met later as a bare TypeError in a comparison.
-    Python numbers only where an int is asked for (``int(n)`` a NumPy integer): settings go into cache keys.
-    Called first in the ``__post_init__`` of every config; other annotations are left to those checks."""
+    """Every int, float (finite), bool or str field of a dataclass ``config`` holds that type, and a field
+    typed as another config holds that config (``TSBDConfig(unlearn={...})`` is refused, not kept as a
+    dict); ``| None`` allows None too. So ``u='3'``, ``epochs=True`` or ``lr=inf`` is named with the type
+    asked for, not met later as a bare TypeError in a comparison or a diverged run. Python numbers only where
+    an int is asked for (``int(n)`` a NumPy integer): settings go into cache keys. Called first in the
+    ``__post_init__`` of every config; other annotations are left to those checks."""
     for f in dataclasses.fields(config):
-        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
-        if kind in _KINDS:
-            test, wanted = _KINDS[kind]
+        expected = _expected(_annotation(type(config), f))
+        if expected is not None:
+            test, wanted = expected
             value = getattr(config, f.name)
             _require(test(value), f"{type(config).__name__}.{f.name} must be {wanted}, got {value!r}")
 

@@ -159,13 +159,17 @@ def read_splits(spec: DatasetSpec, place: Path) -> tuple[ImageData, ImageData]:
         train, test = (ImageData(*spec.read(place, split)) for split in (True, False))
     except ValueError as err:  # the readers name the damaged file
         raise ValueError(f"{spec.title} in {place} is damaged: {err}. Reinstall it: {spec.how_to_get}.") from err
-    for split in (train, test):
+    for what, split in (("training", train), ("test", test)):
+        problem = None
         if tuple(split.x.shape[1:]) != (spec.channels, spec.size, spec.size):
+            problem = f"images of shape {tuple(split.x.shape[1:])}, expected {(spec.channels, spec.size, spec.size)}"
+        elif split.y.numel() and not (0 <= int(split.y.min()) and int(split.y.max()) < spec.num_classes):
+            problem = f"labels {int(split.y.min())}..{int(split.y.max())} outside 0..{spec.num_classes - 1}"
+        if problem:
             raise ValueError(
-                f"{place}: images of shape {tuple(split.x.shape[1:])}, expected {(spec.channels, spec.size, spec.size)}"
+                f"{spec.title} in {place} is not the expected dataset: its {what} split has {problem}. "
+                f"Reinstall it: {spec.how_to_get}."
             )
-        if split.y.numel() and not (0 <= int(split.y.min()) and int(split.y.max()) < spec.num_classes):
-            raise ValueError(f"{place}: labels outside 0..{spec.num_classes - 1}")
     return train, test
 
 

@@ -13,6 +13,11 @@ from torch import nn
 
 
 def _check_pair(pred: torch.Tensor, labels: torch.Tensor) -> None:
+    if not (isinstance(pred, torch.Tensor) and isinstance(labels, torch.Tensor)):
+        raise TypeError(
+            f"predictions and labels must be torch tensors (torch.as_tensor(...)), got {type(pred).__name__} "
+            f"and {type(labels).__name__}"
+        )
     if pred.shape != labels.shape or pred.ndim != 1:
         raise ValueError(f"predictions {tuple(pred.shape)} and labels {tuple(labels.shape)} must be equal 1-d shapes")
     if len(pred) == 0:
@@ -41,6 +46,8 @@ def attack_success_rate(
     if true_labels is not None:
         _check_pair(pred, true_labels)
         pred = pred[true_labels != target]
+        if len(pred) == 0 and len(true_labels):
+            raise ValueError(f"every true label is the target class {target}: no backdoor image is left to score")
     return accuracy(pred, torch.full_like(pred, target))
 
 
@@ -56,6 +63,8 @@ def defense_effectiveness_rating(acc_bd: float, asr_bd: float, acc_def: float, a
     100% ASR at no accuracy cost scores 1.
     """
     for name, value in (("acc_bd", acc_bd), ("asr_bd", asr_bd), ("acc_def", acc_def), ("asr_def", asr_def)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a fraction (a number in [0, 1]), got {value!r}")
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} = {value!r} is outside [0, 1]; pass fractions, not percentages")
     return (max(0.0, asr_bd - asr_def) - max(0.0, acc_bd - acc_def) + 1.0) / 2.0
@@ -116,6 +125,11 @@ def predict(
     """
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is not None and images.shape[1] != first.in_channels:
+        raise ValueError(f"images have {images.shape[1]} channel(s); this model takes {first.in_channels}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()

@@ -22,7 +22,7 @@ from typing import Any
 
 from .cache import READ_ONLY_ENV, read_only_from_env
 from .config import PROFILES
-from .data import DATASETS, DatasetNotFoundError, checked_named_dir, locate
+from .data import DATASETS, DatasetNotFoundError, checked_named_dir, locate, read_splits
 from .device import resolve_device
 from .paths import (
     cache_dir as default_cache_dir,
@@ -108,9 +108,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check_settings(args: argparse.Namespace) -> str | None:
     """What is wrong with the command line's settings (None if nothing): names, seed, device, the data folder and
-    the folders the run writes to, and last whether the dataset can be found. Nothing is created or written here,
-    except that a dataset found nowhere is downloaded now (as the first notebook would), into a scratch folder
-    first, so that a failed download leaves nothing behind."""
+    the folders the run writes to, and last whether the dataset can be found and read. Nothing is created or
+    written here, except that a dataset found nowhere is downloaded now (as the first notebook would), into a
+    scratch folder first, so that a failed download leaves nothing behind."""
     try:
         PROFILES.check(args.profile)
         if args.dataset is not None:
@@ -142,9 +142,14 @@ def _check_settings(args: argparse.Namespace) -> str | None:
         reason = unusable_folder(folder)
         if reason:
             return f"the {what} {folder} cannot be used: {reason}"
+    spec = DATASETS[args.dataset or PROFILES[args.profile].dataset]
     try:  # the data last: a missing dataset is fetched here, so only once every other setting is known good
-        locate(DATASETS[args.dataset or PROFILES[args.profile].dataset], args.data_dir)
+        place = locate(spec, args.data_dir)
     except DatasetNotFoundError as err:
+        return str(err)
+    try:  # read once (about a second): a damaged file stops the run here, not in the first notebook
+        read_splits(spec, place)
+    except ValueError as err:
         return str(err)
     return None
 

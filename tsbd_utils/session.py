@@ -25,7 +25,7 @@ from . import __version__
 from .atomic import atomic_path
 from .cache import Cache
 from .config import Profile, resolve
-from .data import Splits, prepare_for
+from .data import Splits, checked_named_dir, prepare_for
 from .device import configure_threads, resolve_device
 from .paths import cache_folder_problem, project_root, run_dir as default_run_dir, unusable_folder
 
@@ -165,6 +165,7 @@ def start(
         raise ValueError(f"SEED must be an int >= 0, got {seed!r}")
     resolved = resolve(profile, dataset=dataset)
     device_ = resolve_device(device)
+    checked_named_dir(data_dir)  # DATA_DIR (or $TSBD_DATA_DIR) missing or a file: an error naming it, now
     cache = Cache.at(cache_dir)  # read-only when $TSBD_CACHE_READ_ONLY says so
     folders = {  # checked before anything is trained or written: a bad folder must not cost a run
         "CACHE_DIR": (cache.root, cache_folder_problem(cache.root, cache.read_only)),

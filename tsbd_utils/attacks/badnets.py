@@ -32,6 +32,7 @@ class BadNets(Attack):
 
     name = "badnets"
     title = "BadNets"
+    state_keys = ("mask",)
     citation = "Gu et al., BadNets, arXiv 2017 (https://arxiv.org/abs/1708.06733)"
     config_class = BadNetsConfig
 

@@ -136,6 +136,7 @@ class Attack:
     clean_label: ClassVar[bool] = False  # poisons only target-class images and keeps their labels
     on_the_fly: ClassVar[bool] = False  # poisons batches during training instead of the data set
     invisible: ClassVar[bool] = False  # the trigger is meant to be imperceptible (PSNR is checked)
+    state_keys: ClassVar[tuple[str, ...]] = ()  # keys of self.state after prepare; "net." stands for net.*
     constant_lr: ClassVar[bool] = False  # BackdoorBench trains this attack's model with a constant learning rate
 
     def __init__(self, config: AttackConfig | None = None, **overrides: Any) -> None:
@@ -172,7 +173,19 @@ class Attack:
         return {"shape": shape, **{k: v.detach().cpu() for k, v in self.state.items()}}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> Attack:
-        """Restore what ``prepare`` built, without rebuilding it."""
+        """Restore what ``prepare`` built, without rebuilding it; a state lacking this attack's tensors (another
+        attack's, or none) is refused by name."""
+        held = set(state)
+
+        def present(key: str) -> bool:  # "net." asks for at least one of net's tensors
+            return key in held or (key.endswith(".") and any(h.startswith(key) for h in held))
+
+        missing = [k for k in ("shape", *self.state_keys) if not present(k)]
+        if missing:
+            raise ValueError(
+                f"{self.title} state lacks {', '.join(k + '*' if k.endswith('.') else k for k in missing)}; it holds "
+                f"{', '.join(sorted(held)[:6]) or 'nothing'} (is it another attack's state?)"
+            )
         self.shape = tuple(int(s) for s in state["shape"])
         self.state = {k: v for k, v in state.items() if k != "shape"}
         self._loaded()
@@ -201,6 +214,8 @@ class Attack:
         if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8:
             got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"apply_uint8 takes uint8 images (N, C, H, W) in 0..255, got {got}; use apply for floats")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         out = torch.empty_like(x)
         for start in range(0, len(x), batch_size):
             batch = x[start : start + batch_size].to(self.device).float() / 255

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import matplotlib.cbook
 import numpy as np
@@ -19,6 +20,19 @@ class BlendedConfig(AttackConfig):
     image: str = "grace_hopper.jpg"  # a photograph shipped in matplotlib's sample data (no download)
 
     limits = {"alpha": (0.0, 1.0, False, False)}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        shipped = sample_images()
+        if self.image not in shipped:
+            raise ValueError(f"BlendedConfig.image {self.image!r} is not a sample image of matplotlib; "
+                             f"allowed: {', '.join(shipped)}")
+
+
+def sample_images() -> list[str]:
+    """The photographs matplotlib ships (no download): the names ``BlendedConfig.image`` accepts."""
+    folder = Path(matplotlib.get_data_path()) / "sample_data"
+    return sorted(p.name for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
 
 
 def trigger_image(name: str, channels: int, size: int) -> torch.Tensor:
@@ -46,6 +60,7 @@ class Blended(Attack):
 
     name = "blended"
     title = "Blended"
+    state_keys = ("pattern",)
     citation = (
         "Chen et al., Targeted Backdoor Attacks ... Data Poisoning, arXiv 2017 (https://arxiv.org/abs/1712.05526)"
     )

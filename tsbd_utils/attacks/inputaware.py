@@ -58,6 +58,7 @@ class InputAware(Attack):
 
     name = "inputaware"
     title = "Input-aware"
+    state_keys = ("pattern.", "mask.")
     citation = "Nguyen and Tran, Input-Aware Dynamic Backdoor Attack, NeurIPS 2020 (https://arxiv.org/abs/2010.08138)"
     config_class = InputAwareConfig
     on_the_fly = True

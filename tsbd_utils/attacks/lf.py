@@ -82,6 +82,7 @@ class LF(Attack):
 
     name = "lf"
     title = "LF"
+    state_keys = ("pattern",)
     citation = (
         "Zeng et al., Rethinking the Backdoor Attacks' Triggers: A Frequency Perspective, ICCV 2021 "
         "(https://arxiv.org/abs/2104.03413)"

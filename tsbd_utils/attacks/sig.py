@@ -31,6 +31,7 @@ class SIG(Attack):
 
     name = "sig"
     title = "SIG"
+    state_keys = ("pattern",)
     citation = "Barni et al., A New Backdoor Attack in CNNs ..., ICIP 2019 (https://arxiv.org/abs/1902.11237)"
     config_class = SIGConfig
     clean_label = True

@@ -65,6 +65,7 @@ class SSBA(Attack):
 
     name = "ssba"
     title = "SSBA"
+    state_keys = ("encoder.", "decoder.", "secret")
     citation = (
         "Li et al., Invisible Backdoor Attack with Sample-Specific Triggers, ICCV 2021 "
         "(https://arxiv.org/abs/2012.03816)"

@@ -33,6 +33,7 @@ class Trojan(Attack):
 
     name = "trojan"
     title = "Trojan"
+    state_keys = ("mask", "pattern")
     citation = "Liu et al., Trojaning Attack on Neural Networks, NDSS 2018 (https://doi.org/10.14722/ndss.2018.23291)"
     config_class = TrojanConfig
 

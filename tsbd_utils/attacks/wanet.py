@@ -35,6 +35,7 @@ class WaNet(Attack):
 
     name = "wanet"
     title = "WaNet"
+    state_keys = ("grid",)
     citation = "Nguyen and Tran, WaNet, ICLR 2021 (https://arxiv.org/abs/2102.10369)"
     config_class = WaNetConfig
     on_the_fly = True

@@ -87,7 +87,15 @@ class DefenseSpec:
             raise ValueError(f"unknown defense option(s) {unknown}; allowed: {', '.join(CONTEXT_OPTIONS)}")
 
     def __call__(self, model: nn.Module, clean: Any, config: Any = None, **kwargs: Any) -> DefenseResult:
-        return self.defend(model, clean, config, **kwargs)
+        return self.defend(model, clean, self.checked(config), **kwargs)
+
+    def checked(self, config: Any) -> Any:
+        """``config`` if it is this defense's (or None: the defaults); another defense's config is refused by name."""
+        if config is not None and not isinstance(config, self.config):
+            raise TypeError(
+                f"{self.title} takes a {self.config.__name__} (or None for its defaults), got a {type(config).__name__}"
+            )
+        return config
 
     def for_profile(self, profile: Profile, **overrides: Any) -> Any:
         """This defense's config at ``profile``'s scale (paper: the published defaults)."""
@@ -98,7 +106,7 @@ class DefenseSpec:
         the context holds; ``extra`` passes defense-specific arguments (TSBD's ``unlearned``)."""
         options = {o: getattr(context, o) for o in self.options if getattr(context, o) is not None}
         common = dict(spec=context.spec, seed=context.seed, device=context.device, progress=context.progress)
-        return self.defend(model, context.clean, config, **common, **options, **extra)
+        return self.defend(model, context.clean, self.checked(config), **common, **options, **extra)
 
 
 DEFENSES: Registry[DefenseSpec] = Registry("defense")

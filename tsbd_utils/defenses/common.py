@@ -53,6 +53,10 @@ class FineTuning:
         check_types(self)
         if not (isinstance(self.epochs, int) and self.epochs >= 1):
             raise ValueError(f"fine-tuning epochs must be an int >= 1, got {self.epochs!r}")
+        try:  # the training loop's own checks of lr, momentum, weight decay, batch size and schedule
+            self.train_config()
+        except ValueError as err:
+            raise ValueError(f"fine-tuning {err}") from None
 
     def scaled(self, profile: Profile) -> FineTuning:
         return dataclasses.replace(self, epochs=scaled_epochs(profile, self.epochs))

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import Profile, replace_checked
+from ..config import Profile, check_types, replace_checked
 from ..data import DatasetSpec, ImageData
 from .base import DefenseResult, DefenseSpec, register
 from .common import FineTuning, fine_tune, working_copy
@@ -39,6 +39,9 @@ class FTConfig:
     """Fine-tuning settings (BackdoorBench's FT)."""
 
     finetune: FineTuning = field(default_factory=FineTuning)
+
+    def __post_init__(self) -> None:
+        check_types(self)
 
     @classmethod
     def for_profile(cls, profile: Profile, **overrides: Any) -> FTConfig:

@@ -121,8 +121,6 @@ class AttentionDistillationStep(Step):
         return ce.detach(), logits.detach()
 
 
-
-
 def defend(
     model: nn.Module,
     clean: ImageData,
@@ -135,6 +133,8 @@ def defend(
 ) -> DefenseResult:
     """Fine-tune a teacher, then distil its attention into a copy of ``model``; ``model`` is untouched."""
     config = config or NADConfig()
+    with capture(model, [name for name, _ in config.points]):  # a point naming no module fails before any training
+        pass
     teacher = working_copy(model, device)
     common = {"spec": spec, "seed": seed, "device": device, "progress": progress}
     teacher_history = fine_tune(teacher, clean, config.teacher_recipe(), desc="NAD teacher", **common)
