@@ -170,3 +170,34 @@ def test_fine_tuning_checks_its_recipe_when_built(overrides, message):
 
     with pytest.raises(ValueError, match=message):
         FineTuning(**overrides)
+
+
+def _every_config_class():
+    from tsbd_utils import shortcut, unlearning
+    from tsbd_utils.attacks import ATTACKS
+    from tsbd_utils.defenses import DEFENSE_CONFIGS
+    from tsbd_utils.defenses.common import FineTuning
+
+    return [config.TrainConfig, config.Profile, unlearning.UnlearnConfig, FineTuning, shortcut.PhotometricConfig,
+            *(a.config_class for a in ATTACKS.values()), *DEFENSE_CONFIGS.values()]
+
+
+def test_every_config_built_directly_names_an_unknown_setting_and_lists_the_allowed_ones():
+    classes = _every_config_class()
+    assert len(classes) == 5 + 8 + 9
+    for cls in classes:
+        allowed = ", ".join(f.name for f in dataclasses.fields(cls) if f.init)
+        with pytest.raises(config.UnknownSettingError, match=rf"unknown {cls.__name__} setting\(s\) 'colour'; "
+                                                            rf"allowed: {re.escape(allowed)}$"):
+            cls(colour="red")
+        assert issubclass(config.UnknownSettingError, TypeError)  # what Python's own message was: old handlers work
+        with pytest.raises(dataclasses.FrozenInstanceError):  # still a frozen dataclass
+            setattr(cls.__new__(cls), dataclasses.fields(cls)[0].name, 1)
+
+
+def test_a_defense_config_comes_from_a_profile_or_its_name():
+    from tsbd_utils.defenses import config_for
+
+    assert config_for("tsbd", "quick") == config_for("tsbd", config.PROFILES["quick"])
+    with pytest.raises(UnknownNameError, match="unknown profile 'fast'; allowed: smoke, quick, paper"):
+        config_for("tsbd", "fast")

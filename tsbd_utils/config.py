@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import sys
 import types
@@ -92,18 +93,46 @@ def check_types(config: Any) -> None:
             _require(test(value), f"{type(config).__name__}.{f.name} must be {wanted}, got {value!r}")
 
 
+class UnknownSettingError(ValueError, TypeError):
+    """A setting a config does not have. A ValueError for argument checks, a TypeError where Python's own
+    "unexpected keyword argument" is caught."""
+
+
+def _check_setting_names(cls: type, names: Any) -> None:
+    allowed = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = [k for k in names if k not in allowed]
+    if unknown:
+        raise UnknownSettingError(
+            f"unknown {cls.__name__} setting(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}"
+        )
+
+
+T = typing.TypeVar("T")
+
+
+@typing.dataclass_transform(frozen_default=True)
+def settings(cls: type[T]) -> type[T]:
+    """``@dataclass(frozen=True)`` for a config: its constructor names an unknown setting and lists the allowed
+    ones (``TSBDConfig(radios=0.1)``), where a plain dataclass says only "unexpected keyword argument"."""
+    cls = dataclass(frozen=True)(cls)
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        _check_setting_names(cls, kwargs)
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return cls
+
+
 def replace_checked(config: Any, **overrides: Any) -> Any:
     """``dataclasses.replace`` that names an unknown setting and lists the allowed ones (instead of a TypeError)."""
-    allowed = [f.name for f in dataclasses.fields(config) if f.init]
-    unknown = [k for k in overrides if k not in allowed]
-    if unknown:
-        raise ValueError(
-            f"unknown {type(config).__name__} setting(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}"
-        )
+    _check_setting_names(type(config), overrides)
     return dataclasses.replace(config, **overrides) if overrides else config
 
 
-@dataclass(frozen=True)
+@settings
 class TrainConfig:
     """How a model is trained from scratch (clean model, backdoored models)."""
 
@@ -131,7 +160,7 @@ class TrainConfig:
         SCHEDULES.check(self.schedule)
 
 
-@dataclass(frozen=True)
+@settings
 class Profile:
     """The scale of a run. ``resolve`` builds one from a name plus overrides."""
 

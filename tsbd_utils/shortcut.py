@@ -21,12 +21,12 @@ This module holds what the course needs to test the idea without any knowledge o
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from . import metrics
+from .config import settings
 from .registry import Registry
 from .rng import generator
 from .training import BatchTransform
@@ -130,7 +130,7 @@ def response_by_layer(
     return {name: (diff[name] / base[name]) ** 0.5 if base[name] > 0 else 0.0 for name in layers}
 
 
-@dataclass(frozen=True)
+@settings
 class PhotometricConfig:
     """A photometric augmentation that lifts the background of clean images; labels unchanged.
 

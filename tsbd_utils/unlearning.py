@@ -20,14 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import metrics
-from .config import Profile, TrainConfig, check_types
+from .config import Profile, TrainConfig, check_types, settings
 from .data import DatasetSpec, ImageData
 from .training import History, Step, train
 
 UNLEARN_MODES = ("clean", "poison")
 
 
-@dataclass(frozen=True)
+@settings
 class UnlearnConfig:
     """Gradient-ascent unlearning, as in the official ``train_unlearning`` (defaults: its config)."""
 

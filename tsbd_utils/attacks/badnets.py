@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 
+from ..config import settings
 from .base import Attack, AttackConfig, AttackContext, corner_mask
 
 
-@dataclass(frozen=True)
+@settings
 class BadNetsConfig(AttackConfig):
     size: int = 3  # side of the square on a 32-pixel image (BackdoorBench's trigger_image.png); scaled with the image
     value: float = 1.0  # pixel value of the square (white)

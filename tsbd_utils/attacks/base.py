@@ -27,14 +27,14 @@ import torch
 from torch import nn
 
 from ..cache import Cache
-from ..config import Profile, TrainConfig
+from ..config import Profile, TrainConfig, settings
 from ..data import ImageData
 from ..datasets import DatasetSpec
 from ..rng import generator
 from ..training import BatchTransform
 
 
-@dataclass(frozen=True)
+@settings
 class AttackConfig:
     """Threat-model fields shared by every attack (BackdoorBench: all-to-one, target 0, 10%)."""
 

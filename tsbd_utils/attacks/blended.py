@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.cbook
@@ -11,10 +10,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..config import settings
 from .base import Attack, AttackConfig, AttackContext
 
 
-@dataclass(frozen=True)
+@settings
 class BlendedConfig(AttackConfig):
     alpha: float = 0.2  # blend weight of the trigger image, train and test (BackdoorBench: 0.2)
     image: str = "grace_hopper.jpg"  # a photograph shipped in matplotlib's sample data (no download)

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ..config import Profile, TrainConfig
+from ..config import Profile, TrainConfig, settings
 from ..rng import generator
 from ..training import BatchTransform
 from .base import Attack, AttackConfig, AttackContext, split_batch
 from .nets import UNet, load_module, module_state
 
 
-@dataclass(frozen=True)
+@settings
 class InputAwareConfig(AttackConfig):
     cross_ratio: float = 1.0  # cross-trigger samples per poisoned sample in a batch
     mask_density: float = 0.032  # the share of pixels a mask may cover (BackdoorBench: 0.032)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from ..config import settings
 from ..rng import generator
 from .base import Attack, AttackConfig, AttackContext
 
 
-@dataclass(frozen=True)
+@settings
 class LFConfig(AttackConfig):
     eps: float = 0.2  # the pattern spans exactly [0, eps] after every update (BackdoorBench: [0, 51/255])
     sigma_at_32: float = 6.0  # std of the Gaussian low-pass in pixels of a 32-pixel image (BackdoorBench: 6)

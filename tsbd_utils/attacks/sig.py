@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
+from ..config import settings
 from .base import Attack, AttackConfig, AttackContext
 
 
-@dataclass(frozen=True)
+@settings
 class SIGConfig(AttackConfig):
     delta: float = 40 / 255  # amplitude of the signal in [0, 1] pixels (BackdoorBench: 40 on 0-255)
     frequency: int = 6  # periods across the image width (BackdoorBench: f = 6)

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import settings
 from ..rng import generator
 from .base import Attack, AttackConfig, AttackContext
 from .nets import BitDecoder, UNet, load_module, module_state
 
 
-@dataclass(frozen=True)
+@settings
 class SSBAConfig(AttackConfig):
     bits: int = 16  # length of the secret string (StegaStamp uses 100 bits on 400x400 images)
     max_residual: float = 0.05  # L-infinity bound of the residual once trained: PSNR >= 26 dB by construction

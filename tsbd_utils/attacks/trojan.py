@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from ..config import settings
 from .base import Attack, AttackConfig, AttackContext, corner_mask
 
 
-@dataclass(frozen=True)
+@settings
 class TrojanConfig(AttackConfig):
     mask_size: int = 10  # side of the square trigger region on a 32-pixel image, bottom-right (scaled)
     neurons: int = 2  # penultimate neurons to excite: the ones with the largest outgoing weights (BackdoorBench: 2)

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from ..config import settings
 from ..rng import generator
 from ..training import BatchTransform
 from .base import Attack, AttackConfig, AttackContext, split_batch
 
 
-@dataclass(frozen=True)
+@settings
 class WaNetConfig(AttackConfig):
     k: int = 4  # control grid of the warp field is k x k (BackdoorBench: 4)
     s: float = 0.5  # strength of the warp (BackdoorBench: 0.5)

@@ -42,7 +42,6 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -51,7 +50,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..augment import augment
-from ..config import Profile, check_types, replace_checked
+from ..config import Profile, check_types, replace_checked, settings
 from ..data import DatasetSpec, ImageData
 from ..rng import generator
 from ..training import channels_last_safe
@@ -63,7 +62,7 @@ from .pruning import check_config, prune_sweep, pruning_record
 LOG_CHUNKS = 4  # BackdoorBench logs every 500 of its 2000 iterations: four averages per run
 
 
-@dataclass(frozen=True)
+@settings
 class ANPConfig:
     """ANP's settings; defaults are BackdoorBench's CIFAR-10 ones (``config/defense/anp/cifar10.yaml``)."""
 
@@ -168,8 +167,6 @@ def learn_masks(
             correct.zero_()
             seen = 0
     return mask_values(masked), log
-
-
 
 
 def defend(

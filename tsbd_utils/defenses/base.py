@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import nn
 
-from ..config import Profile
+from ..config import Profile, resolve
 from ..registry import Registry
 
 if TYPE_CHECKING:  # only for annotations: common imports training, which base need not load
@@ -97,9 +97,9 @@ class DefenseSpec:
             )
         return config
 
-    def for_profile(self, profile: Profile, **overrides: Any) -> Any:
-        """This defense's config at ``profile``'s scale (paper: the published defaults)."""
-        return self.config.for_profile(profile, **overrides)
+    def for_profile(self, profile: Profile | str, **overrides: Any) -> Any:
+        """This defense's config at ``profile``'s scale (a Profile or its name; paper: the published defaults)."""
+        return self.config.for_profile(resolve(profile), **overrides)
 
     def run(self, model: nn.Module, context: DefenseContext, config: Any = None, **extra: Any) -> DefenseResult:
         """Run on ``context``: the common inputs, plus the optional ones this defense declares and
@@ -133,6 +133,6 @@ class _ConfigView(Mapping[str, type]):
 DEFENSE_CONFIGS: Mapping[str, type] = _ConfigView()
 
 
-def config_for(name: str, profile: Profile, **overrides: Any) -> Any:
+def config_for(name: str, profile: Profile | str, **overrides: Any) -> Any:
     """Defense ``name``'s config at ``profile``'s scale (paper: the published defaults)."""
     return DEFENSES[name].for_profile(profile, **overrides)

@@ -26,19 +26,18 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..config import Profile, check_types, replace_checked
+from ..config import Profile, check_types, replace_checked, settings
 from ..data import DatasetSpec
 from .base import DefenseResult, DefenseSpec, register
 from .common import working_copy
 
 
-@dataclass(frozen=True)
+@settings
 class CLPConfig:
     """CLP settings; no epochs, so every profile runs the same."""
 
@@ -73,8 +72,6 @@ def channel_lipschitz(model: nn.Module) -> dict[str, tuple[str, torch.Tensor]]:
                 uclc = torch.linalg.matrix_norm(kernel.flatten(2), ord=2)
             result[name] = (conv_name, uclc.cpu())
     return result
-
-
 
 
 def defend(

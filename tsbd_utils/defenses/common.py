@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .. import metrics
-from ..config import Profile, TrainConfig, check_types
+from ..config import Profile, TrainConfig, check_types, settings
 from ..data import DatasetSpec, ImageData
 from ..training import History, Step, train
 
@@ -38,7 +38,7 @@ def working_copy(model: nn.Module, device: str | torch.device) -> nn.Module:
     return copy.deepcopy(model).to(torch.device(device)).eval()
 
 
-@dataclass(frozen=True)
+@settings
 class FineTuning:
     """BackdoorBench's fine-tuning recipe (``config/defense/ft/cifar10.yaml``), used by FT, FP, NAD, NC."""
 

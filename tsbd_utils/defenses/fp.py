@@ -28,7 +28,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 import torch
@@ -36,13 +36,13 @@ from torch import nn
 from torch.nn.utils import prune
 
 from .. import metrics
-from ..config import Profile, check_types, replace_checked
+from ..config import Profile, check_types, replace_checked, settings
 from ..data import DatasetSpec, ImageData
 from .base import DefenseResult, DefenseSpec, register
 from .common import PRUNING_CHOICES, FineTuning, OracleData, check_choice, fine_tune, select_amount, working_copy
 
 
-@dataclass(frozen=True)
+@settings
 class FPConfig:
     """Fine-Pruning settings (BackdoorBench's FP)."""
 
@@ -89,8 +89,6 @@ def _predict_pruned(head: nn.Linear, features: torch.Tensor, keep: torch.Tensor)
     # instead of a forward pass of the whole network per step.
     logits = (features * keep) @ head.weight.detach().float().cpu().T + head.bias.detach().float().cpu()
     return logits.argmax(1)
-
-
 
 
 def defend(

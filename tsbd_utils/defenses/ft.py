@@ -22,19 +22,19 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..config import Profile, check_types, replace_checked
+from ..config import Profile, check_types, replace_checked, settings
 from ..data import DatasetSpec, ImageData
 from .base import DefenseResult, DefenseSpec, register
 from .common import FineTuning, fine_tune, working_copy
 
 
-@dataclass(frozen=True)
+@settings
 class FTConfig:
     """Fine-tuning settings (BackdoorBench's FT)."""
 
@@ -46,8 +46,6 @@ class FTConfig:
     @classmethod
     def for_profile(cls, profile: Profile, **overrides: Any) -> FTConfig:
         return replace_checked(cls(finetune=FineTuning().scaled(profile)), **overrides)
-
-
 
 
 def defend(

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -54,7 +53,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..augment import augment
-from ..config import Profile, check_types, replace_checked
+from ..config import Profile, check_types, replace_checked, settings
 from ..data import DatasetSpec, ImageData
 from ..rng import generator
 from .base import DefenseResult, DefenseSpec, register
@@ -64,7 +63,7 @@ from .hypergradient import implicit_hypergradient
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-@dataclass(frozen=True)
+@settings
 class IBAUConfig:
     """i-BAU settings; defaults are BackdoorBench's (``config/defense/i-bau/config.yaml`` and the code)."""
 
@@ -208,8 +207,6 @@ def universal_perturbation(
         clean, config, spec=spec, seed=seed, purpose=f"ibau-fit-{round_index}", device=torch.device(device)
     )
     return fit_perturbation(net, batches, config)[0][0].cpu()
-
-
 
 
 def defend(

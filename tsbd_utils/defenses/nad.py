@@ -29,14 +29,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Profile, check_types, replace_checked
+from ..config import Profile, check_types, replace_checked, settings
 from ..data import DatasetSpec, ImageData
 from ..training import Step
 from .base import DefenseResult, DefenseSpec, register
@@ -46,7 +46,7 @@ from .common import FineTuning, fine_tune, scaled_epochs, working_copy
 DEFAULT_POINTS: tuple[tuple[str, float], ...] = (("layer3", 500.0), ("layer4", 1000.0))
 
 
-@dataclass(frozen=True)
+@settings
 class NADConfig:
     """NAD settings (BackdoorBench's ``config/defense/nad/cifar10.yaml``)."""
 

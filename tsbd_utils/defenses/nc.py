@@ -42,13 +42,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..config import Profile, check_types, replace_checked
+from ..config import Profile, check_types, replace_checked, settings
 from ..data import DatasetSpec, ImageData
 from ..rng import generator
 from .base import DefenseResult, DefenseSpec, register
@@ -80,7 +80,7 @@ MAD_CONSISTENCY = 1.4826  # 1.4826 * MAD estimates the standard deviation of nor
 SCALED_REVERSE = {"batch_size": 8, "epoch_images": 40}
 
 
-@dataclass(frozen=True)
+@settings
 class NCConfig:
     """Neural Cleanse's settings; defaults are BackdoorBench's CIFAR-10 config."""
 
@@ -142,8 +142,6 @@ class NCConfig:
         nc_epoch = capped_epochs(profile, cls.nc_epoch)
         base = cls(nc_epoch=nc_epoch, finetune=FineTuning().scaled(profile), **reverse)
         return replace_checked(base, **overrides)
-
-
 
 
 # ---------------------------------------------------------------------------------------------

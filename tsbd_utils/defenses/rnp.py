@@ -44,14 +44,13 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Profile, TrainConfig, check_types, replace_checked
+from ..config import Profile, TrainConfig, check_types, replace_checked, settings
 from ..data import DatasetSpec, ImageData
 from ..training import Step, train
 from ..unlearning import AscentStep
@@ -61,7 +60,7 @@ from .masks import attach_masks, clip_masks, freeze_all_but_masks, mask_values
 from .pruning import check_config, prune_sweep, pruning_record
 
 
-@dataclass(frozen=True)
+@settings
 class RNPConfig:
     """RNP's settings; defaults are BackdoorBench's (``defense/rnp.py`` argparse, batch 256 from its yaml)."""
 
@@ -242,8 +241,6 @@ def unlearn_and_recover(
         },
     }
     return mask_values(unlearned), record
-
-
 
 
 def defend(

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..config import Profile, TrainConfig, check_types, replace_checked
+from ..config import Profile, TrainConfig, check_types, replace_checked, settings
 from ..data import DatasetSpec, ImageData
 from ..unlearning import UnlearnConfig, Unlearned, clean_unlearn
 from ..training import BatchTransform, History, train
@@ -54,7 +54,8 @@ __all__ = [  # stage 1 and the stage-2 step live in .reinit and .activeness; imp
     "zero_reinit",
 ]
 
-@dataclass(frozen=True)
+
+@settings
 class TSBDConfig:
     """TSBD's settings; defaults are the official config (``config/defense/tsbd/config.yaml``)."""
 
