@@ -5,6 +5,7 @@ import pytest
 
 from tsbd_utils import config
 from tsbd_utils.registry import Registry, UnknownNameError
+from tsbd_utils.settings import UnknownSettingError
 
 
 def test_profiles_exist_with_their_scales():
@@ -187,10 +188,10 @@ def test_every_config_built_directly_names_an_unknown_setting_and_lists_the_allo
     assert len(classes) == 5 + 8 + 9
     for cls in classes:
         allowed = ", ".join(f.name for f in dataclasses.fields(cls) if f.init)
-        with pytest.raises(config.UnknownSettingError, match=rf"unknown {cls.__name__} setting\(s\) 'colour'; "
+        with pytest.raises(UnknownSettingError, match=rf"unknown {cls.__name__} setting\(s\) 'colour'; "
                                                             rf"allowed: {re.escape(allowed)}$"):
             cls(colour="red")
-        assert issubclass(config.UnknownSettingError, TypeError)  # what Python's own message was: old handlers work
+        assert issubclass(UnknownSettingError, TypeError)  # what Python's own message was: old handlers work
         with pytest.raises(dataclasses.FrozenInstanceError):  # still a frozen dataclass
             setattr(cls.__new__(cls), dataclasses.fields(cls)[0].name, 1)
 

@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from . import metrics
-from .config import settings
 from .registry import Registry
 from .rng import generator
+from .settings import settings
 from .training import BatchTransform
 
 Perturbation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]

@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import metrics
-from .config import Profile, TrainConfig, check_types, settings
+from .config import Profile, TrainConfig
 from .data import DatasetSpec, ImageData
+from .settings import check_types, settings
 from .training import History, Step, train
 
 UNLEARN_MODES = ("clean", "poison")

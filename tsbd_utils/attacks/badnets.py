@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from ..config import settings
 from .base import Attack, AttackConfig, AttackContext, corner_mask
+from ..settings import settings
 
 
 @settings

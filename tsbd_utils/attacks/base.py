@@ -27,10 +27,11 @@ import torch
 from torch import nn
 
 from ..cache import Cache
-from ..config import Profile, TrainConfig, settings
+from ..config import Profile, TrainConfig
 from ..data import ImageData
 from ..datasets import DatasetSpec
 from ..rng import generator
+from ..settings import settings
 from ..training import BatchTransform
 
 

@@ -8,8 +8,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..config import Profile, TrainConfig, settings
+from ..config import Profile, TrainConfig
 from ..rng import generator
+from ..settings import settings
 from ..training import BatchTransform
 from .base import Attack, AttackConfig, AttackContext, split_batch
 from .nets import UNet, load_module, module_state

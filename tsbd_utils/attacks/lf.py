@@ -7,9 +7,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..config import settings
 from ..rng import generator
 from .base import Attack, AttackConfig, AttackContext
+from ..settings import settings
 
 
 @settings

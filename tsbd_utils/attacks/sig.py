@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from ..config import settings
 from .base import Attack, AttackConfig, AttackContext
+from ..settings import settings
 
 
 @settings

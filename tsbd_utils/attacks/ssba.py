@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import settings
 from ..rng import generator
 from .base import Attack, AttackConfig, AttackContext
 from .nets import BitDecoder, UNet, load_module, module_state
+from ..settings import settings
 
 
 @settings

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..config import settings
 from .base import Attack, AttackConfig, AttackContext, corner_mask
+from ..settings import settings
 
 
 @settings

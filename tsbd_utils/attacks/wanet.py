@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..config import settings
 from ..rng import generator
+from ..settings import settings
 from ..training import BatchTransform
 from .base import Attack, AttackConfig, AttackContext, split_batch
 

@@ -50,9 +50,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..augment import augment
-from ..config import Profile, check_types, replace_checked, settings
+from ..config import Profile
 from ..data import DatasetSpec, ImageData
 from ..rng import generator
+from ..settings import check_types, replace_checked, settings
 from ..training import channels_last_safe
 from .base import DefenseResult, DefenseSpec, register
 from .common import OracleData, check_choice, scaled_epochs, working_copy

@@ -31,10 +31,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import Profile, check_types, replace_checked, settings
+from ..config import Profile
 from ..data import DatasetSpec
 from .base import DefenseResult, DefenseSpec, register
 from .common import working_copy
+from ..settings import check_types, replace_checked, settings
 
 
 @settings

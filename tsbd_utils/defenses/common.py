@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from .. import metrics
-from ..config import Profile, TrainConfig, check_types, settings
+from ..config import Profile, TrainConfig
 from ..data import DatasetSpec, ImageData
+from ..settings import check_types, settings
 from ..training import History, Step, train
 
 

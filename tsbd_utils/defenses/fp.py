@@ -36,10 +36,11 @@ from torch import nn
 from torch.nn.utils import prune
 
 from .. import metrics
-from ..config import Profile, check_types, replace_checked, settings
+from ..config import Profile
 from ..data import DatasetSpec, ImageData
 from .base import DefenseResult, DefenseSpec, register
 from .common import PRUNING_CHOICES, FineTuning, OracleData, check_choice, fine_tune, select_amount, working_copy
+from ..settings import check_types, replace_checked, settings
 
 
 @settings

@@ -28,10 +28,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import Profile, check_types, replace_checked, settings
+from ..config import Profile
 from ..data import DatasetSpec, ImageData
 from .base import DefenseResult, DefenseSpec, register
 from .common import FineTuning, fine_tune, working_copy
+from ..settings import check_types, replace_checked, settings
 
 
 @settings

@@ -53,12 +53,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..augment import augment
-from ..config import Profile, check_types, replace_checked, settings
+from ..config import Profile
 from ..data import DatasetSpec, ImageData
 from ..rng import generator
 from .base import DefenseResult, DefenseSpec, register
 from .common import clean_accuracy, scaled_epochs, working_copy
 from .hypergradient import implicit_hypergradient
+from ..settings import check_types, replace_checked, settings
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

@@ -36,8 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Profile, check_types, replace_checked, settings
+from ..config import Profile
 from ..data import DatasetSpec, ImageData
+from ..settings import check_types, replace_checked, settings
 from ..training import Step
 from .base import DefenseResult, DefenseSpec, register
 from .common import FineTuning, fine_tune, scaled_epochs, working_copy

@@ -48,12 +48,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import Profile, check_types, replace_checked, settings
+from ..config import Profile
 from ..data import DatasetSpec, ImageData
 from ..rng import generator
 from .base import DefenseResult, DefenseSpec, register
 from .common import FineTuning, capped_epochs, fine_tune, working_copy
 from .nc_reverse import Trigger, reverse_engineer, reverse_engineer_all
+from ..settings import check_types, replace_checked, settings
 
 __all__ = [  # the reverse engineering lives in .nc_reverse; importable from here as before
     "MAD_CONSISTENCY",

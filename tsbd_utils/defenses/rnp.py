@@ -50,8 +50,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Profile, TrainConfig, check_types, replace_checked, settings
+from ..config import Profile, TrainConfig
 from ..data import DatasetSpec, ImageData
+from ..settings import check_types, replace_checked, settings
 from ..training import Step, train
 from ..unlearning import AscentStep
 from .base import DefenseResult, DefenseSpec, register

@@ -32,8 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import Profile, TrainConfig, check_types, replace_checked, settings
+from ..config import Profile, TrainConfig
 from ..data import DatasetSpec, ImageData
+from ..settings import check_types, replace_checked, settings
 from ..unlearning import UnlearnConfig, Unlearned, clean_unlearn
 from ..training import BatchTransform, History, train
 from .activeness import ActivenessAwareStep, CopyingActivenessAwareStep
