@@ -125,30 +125,26 @@ def test_a_named_data_folder_without_the_dataset_is_refused_before_any_notebook(
 
     spec = data.DATASETS["fashion_mnist"]
     monkeypatch.setitem(data.DATASETS._items, "fashion_mnist", dataclasses.replace(spec, fetch=offline))
+    (tmp_path / "empty").mkdir()
+    err = _refused_with_nothing_written(tmp_path, capsys, "--data-dir", str(tmp_path / "empty"))
+    assert re.search(r"Fashion-MNIST .* not found; looked in: .*empty; the torchvision download failed", err), err
+
+
+def _refused_with_nothing_written(tmp_path: Path, capsys, *extra: str) -> str:
+    """Run the CLI on one tiny notebook with ``extra``; assert it exits 2 having written nothing; its stderr."""
     folder = tmp_path / "nbs"
     folder.mkdir()
     _notebook(folder / "00_a.ipynb", "PROFILE = 'smoke'")
-    (tmp_path / "empty").mkdir()
     before = sorted(tmp_path.rglob("*"))
     assert reproduce.main(["--profile", "smoke", "--notebooks-dir", str(folder), "--run-dir", str(tmp_path / "r"),
-                           "--cache-dir", str(tmp_path / "c"), "--figures-dir", str(tmp_path / "f"),
-                           "--data-dir", str(tmp_path / "empty")]) == 2
-    err = capsys.readouterr().err
-    assert re.search(r"Fashion-MNIST .* not found; looked in: .*empty; the torchvision download failed", err), err
+                           "--cache-dir", str(tmp_path / "c"), "--figures-dir", str(tmp_path / "f"), *extra]) == 2
     assert sorted(tmp_path.rglob("*")) == before  # nothing written, no notebook run
+    return capsys.readouterr().err
 
 
 def test_a_damaged_dataset_is_refused_before_any_notebook(tmp_path, capsys):
     write_fmnist(tmp_path / "data", compress=False)
     labels = tmp_path / "data" / "t10k-labels-idx1-ubyte"
     labels.write_bytes(labels.read_bytes()[:-3])  # cut short: 6 labels announced, 3 there
-    folder = tmp_path / "nbs"
-    folder.mkdir()
-    _notebook(folder / "00_a.ipynb", "PROFILE = 'smoke'")
-    before = sorted(tmp_path.rglob("*"))
-    assert reproduce.main(["--profile", "smoke", "--notebooks-dir", str(folder), "--run-dir", str(tmp_path / "r"),
-                           "--cache-dir", str(tmp_path / "c"), "--figures-dir", str(tmp_path / "f"),
-                           "--data-dir", str(tmp_path / "data")]) == 2
-    err = capsys.readouterr().err
+    err = _refused_with_nothing_written(tmp_path, capsys, "--data-dir", str(tmp_path / "data"))
     assert re.search(r"Fashion-MNIST in .*data is damaged: .*t10k-labels-idx1-ubyte.*Reinstall it", err), err
-    assert sorted(tmp_path.rglob("*")) == before  # nothing written, no notebook run
