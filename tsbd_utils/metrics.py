@@ -8,6 +8,8 @@ them x100. DER (FT-SAM, Zhu et al. ICCV 2023) rewards an ASR drop and charges an
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
@@ -63,7 +65,7 @@ def defense_effectiveness_rating(acc_bd: float, asr_bd: float, acc_def: float, a
     100% ASR at no accuracy cost scores 1.
     """
     for name, value in (("acc_bd", acc_bd), ("asr_bd", asr_bd), ("acc_def", acc_def), ("asr_def", asr_def)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):  # NumPy floats too
             raise TypeError(f"{name} must be a fraction (a number in [0, 1]), got {value!r}")
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} = {value!r} is outside [0, 1]; pass fractions, not percentages")

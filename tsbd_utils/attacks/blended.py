@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .base import Attack, AttackConfig, AttackContext
 from ..settings import settings
+from .base import Attack, AttackConfig, AttackContext
 
 
 @settings
