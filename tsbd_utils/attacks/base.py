@@ -31,7 +31,7 @@ from ..config import Profile, TrainConfig
 from ..data import ImageData
 from ..datasets import DatasetSpec
 from ..rng import generator
-from ..settings import settings
+from ..settings import check_types, settings
 from ..training import BatchTransform
 
 
@@ -49,16 +49,12 @@ class AttackConfig:
     def __post_init__(self) -> None:
         if not (isinstance(self.target, int) and not isinstance(self.target, bool) and self.target >= 0):
             raise ValueError(f"target must be a class index >= 0, got {self.target!r}")
+        check_types(self)  # ints not bools, finite numbers, strings: each named with the type asked for
         limits = {k: v for cls in reversed(type(self).__mro__) for k, v in vars(cls).get("limits", {}).items()}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name == "target" or f.type not in ("int", "float"):
                 continue
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if f.type == "int" and not (isinstance(value, int) and not isinstance(value, bool)):
-                raise ValueError(f"{type(self).__name__}.{f.name} must be an int, got {value!r}")
-            if not (number and math.isfinite(value)):
-                raise ValueError(f"{type(self).__name__}.{f.name} must be a finite number, got {value!r}")
             low, high, low_in, high_in = limits.get(f.name, (0.0, math.inf, False, False))
             if not ((low <= value if low_in else low < value) and (value <= high if high_in else value < high)):
                 allowed = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"

@@ -84,13 +84,19 @@ def attention_loss(student: torch.Tensor, teacher: torch.Tensor, power: float = 
     return (attention_map(student, power) - attention_map(teacher, power)).pow(2).mean()
 
 
-@contextmanager
-def capture(model: nn.Module, names: list[str]) -> Iterator[dict[str, torch.Tensor]]:
-    """Collect the outputs of the named modules during the forward passes inside the block."""
+def named_modules(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
+    """``model``'s modules by name; a name it does not have is an error listing the ones it has."""
     modules = dict(model.named_modules())
     missing = [n for n in names if n not in modules]
     if missing:
         raise ValueError(f"no modules named {missing}; allowed: {', '.join(n for n in modules if n)}")
+    return modules
+
+
+@contextmanager
+def capture(model: nn.Module, names: list[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Collect the outputs of the named modules during the forward passes inside the block."""
+    modules = named_modules(model, names)
     out: dict[str, torch.Tensor] = {}
     handles = [modules[n].register_forward_hook(lambda _m, _i, o, n=n: out.__setitem__(n, o)) for n in names]
     try:
@@ -134,8 +140,7 @@ def defend(
 ) -> DefenseResult:
     """Fine-tune a teacher, then distil its attention into a copy of ``model``; ``model`` is untouched."""
     config = config or NADConfig()
-    with capture(model, [name for name, _ in config.points]):  # a point naming no module fails before any training
-        pass
+    named_modules(model, [name for name, _ in config.points])  # a point naming no module fails before any training
     teacher = working_copy(model, device)
     common = {"spec": spec, "seed": seed, "device": device, "progress": progress}
     teacher_history = fine_tune(teacher, clean, config.teacher_recipe(), desc="NAD teacher", **common)
