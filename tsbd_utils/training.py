@@ -131,6 +131,16 @@ def channels_last_safe(model: nn.Module, device: torch.device) -> bool:
     return not widths or min(widths) >= CHANNELS_LAST_MIN_WIDTH
 
 
+def epoch_steps(images: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch of :func:`train` over ``images`` images (at least 1).
+
+    A final batch of one image breaks BatchNorm in train mode, so it is folded into the previous one.
+    """
+    if images % batch_size == 1:
+        return max(1, images // batch_size)
+    return max(1, math.ceil(images / batch_size))
+
+
 def train(
     model: nn.Module,
     data: ImageData,
@@ -185,8 +195,7 @@ def train(
     order_gen = generator(seed, "train-order")
     aug_gen = generator(seed, "train-augment", device)
     n = len(data)
-    # A final batch of one image breaks BatchNorm in train mode: fold it into the previous one.
-    steps_per_epoch = max(1, n // config.batch_size if n % config.batch_size == 1 else math.ceil(n / config.batch_size))
+    steps_per_epoch = epoch_steps(n, config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     history = History()
     steps_done = 0

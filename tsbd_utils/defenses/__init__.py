@@ -11,7 +11,7 @@ class and the defend function, called directly or run on a :class:`DefenseContex
 # Import order is registration order: TSBD first, then the baselines in Table 1 order.
 from __future__ import annotations
 
-from .base import DEFENSE_CONFIGS, DEFENSES, Defense, DefenseContext, DefenseResult, DefenseSpec, config_for
+from .base import DEFENSE_CONFIGS, DEFENSES, Budget, Defense, DefenseContext, DefenseResult, DefenseSpec, config_for
 from .tsbd import ActivenessAwareStep, TSBDConfig, activeness_aware_finetune, zero_reinit
 from .ft import FTConfig
 from .fp import FPConfig
@@ -24,6 +24,7 @@ from .rnp import RNPConfig
 from .common import FineTuning, OracleData
 
 __all__ = [
+    "Budget",
     "DEFENSES",
     "DEFENSE_CONFIGS",
     "config_for",

@@ -55,7 +55,7 @@ from ..data import DatasetSpec, ImageData
 from ..rng import generator
 from ..settings import check_types, replace_checked, settings
 from ..training import channels_last_safe
-from .base import DefenseResult, DefenseSpec, register
+from .base import Budget, DefenseResult, DefenseSpec, register
 from .common import OracleData, check_choice, scaled_epochs, working_copy
 from .masks import attach_masks, clip_masks, freeze_all_but_masks, mask_values
 from .pruning import check_config, prune_sweep, pruning_record
@@ -195,6 +195,12 @@ def defend(
     return DefenseResult(pruned, record)
 
 
+def budget(config: ANPConfig, images: int, record: dict[str, Any] | None = None) -> Budget:
+    """ANP's budget: its mask iterations (each one batch, after ``steps`` ascent steps on the noise), then a
+    threshold sweep of forward passes."""
+    return Budget(f"{config.iterations} mask iterations + pruning sweep", config.iterations, images)
+
+
 register(
     DefenseSpec(
         name="anp",
@@ -208,5 +214,6 @@ register(
         holds="5% clean training data",
         options=("oracle",),
         paper_average=(91.02, 36.53, 80.2),
+        budget=budget,
     )
 )

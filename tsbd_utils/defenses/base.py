@@ -49,6 +49,22 @@ class DefenseConfig(Protocol):
 
 
 @dataclass(frozen=True)
+class Budget:
+    """What one run of a defense spends, for tables that compare defenses at their budgets.
+
+    ``steps`` counts optimizer steps of every kind (network weights, masks, triggers, perturbations);
+    ``passes`` says in words what they are, including steps that cost more than one gradient.
+    """
+
+    passes: str  # in words: "10 fine-tuning epochs", "40 mask iterations"
+    steps: int  # optimizer steps
+    images: int  # clean images the defense reads (0 for a data-free defense)
+
+
+BudgetFn = Callable[[Any, int, Mapping[str, Any] | None], Budget]
+
+
+@dataclass(frozen=True)
 class DefenseContext:
     """What a defense may use besides the model and its config. The zoo builds it from a notebook
     session; tests build small ones. Optional inputs reach only the defenses that declare them
@@ -80,6 +96,9 @@ class DefenseSpec:
     holds: str  # what the defender needs, in words (for tables of budgets and threat models)
     options: tuple[str, ...] = ()  # optional DefenseContext fields the function takes (``oracle``, ``eval_fn``)
     paper_average: tuple[float, float, float] | None = None  # TSBD paper's Table 1 averages: ACC, ASR, DER (%)
+    # budget(config, clean_images, record) -> Budget: what one run spent. Defenses that stop early (NC's
+    # reverse engineering, RNP's and TSBD's unlearning) read it from the run's record and need one.
+    budget: BudgetFn | None = None
 
     def __post_init__(self) -> None:
         unknown = [o for o in self.options if o not in CONTEXT_OPTIONS]

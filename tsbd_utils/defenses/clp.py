@@ -33,7 +33,7 @@ from torch import nn
 
 from ..config import Profile
 from ..data import DatasetSpec
-from .base import DefenseResult, DefenseSpec, register
+from .base import Budget, DefenseResult, DefenseSpec, register
 from .common import working_copy
 from ..settings import check_types, replace_checked, settings
 
@@ -107,6 +107,11 @@ def defend(
     return DefenseResult(repaired.eval(), record)
 
 
+def budget(config: CLPConfig, images: int, record: dict[str, Any] | None = None) -> Budget:
+    """CLP's budget: none; it reads the weights only (one singular value per channel)."""
+    return Budget("weights only (no data, no training)", 0, 0)
+
+
 register(
     DefenseSpec(
         name="clp",
@@ -120,5 +125,6 @@ register(
         holds="no data",
         options=(),
         paper_average=(89.32, 78.01, 58.68),
+        budget=budget,
     )
 )

@@ -21,7 +21,7 @@ from .. import metrics
 from ..config import Profile, TrainConfig
 from ..data import DatasetSpec, ImageData
 from ..settings import check_types, settings
-from ..training import History, Step, train
+from ..training import History, Step, epoch_steps, train
 
 
 def capped_epochs(profile: Profile, epochs: int) -> int:
@@ -58,6 +58,10 @@ class FineTuning:
             self.train_config()
         except ValueError as err:
             raise ValueError(f"fine-tuning {err}") from None
+
+    def steps(self, images: int) -> int:
+        """Optimizer steps of this recipe over ``images`` clean images."""
+        return self.epochs * epoch_steps(images, self.batch_size)
 
     def scaled(self, profile: Profile) -> FineTuning:
         return dataclasses.replace(self, epochs=scaled_epochs(profile, self.epochs))

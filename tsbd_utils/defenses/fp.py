@@ -38,7 +38,7 @@ from torch.nn.utils import prune
 from .. import metrics
 from ..config import Profile
 from ..data import DatasetSpec, ImageData
-from .base import DefenseResult, DefenseSpec, register
+from .base import Budget, DefenseResult, DefenseSpec, register
 from .common import PRUNING_CHOICES, FineTuning, OracleData, check_choice, fine_tune, select_amount, working_copy
 from ..settings import check_types, replace_checked, settings
 
@@ -147,6 +147,12 @@ def defend(
     return DefenseResult(repaired.eval(), record)
 
 
+def budget(config: FPConfig, images: int, record: dict[str, Any] | None = None) -> Budget:
+    """FP's budget: a pruning sweep (forward passes only), then its fine-tuning epochs."""
+    steps = config.finetune.steps(images)
+    return Budget(f"pruning sweep + {config.finetune.epochs} fine-tuning epochs", steps, images)
+
+
 register(
     DefenseSpec(
         name="fp",
@@ -161,5 +167,6 @@ register(
         holds="5% clean training data",
         options=("oracle",),
         paper_average=(91.84, 54.67, 71.19),
+        budget=budget,
     )
 )

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..config import Profile
 from ..data import DatasetSpec, ImageData
-from .base import DefenseResult, DefenseSpec, register
+from .base import Budget, DefenseResult, DefenseSpec, register
 from .common import FineTuning, fine_tune, working_copy
 from ..settings import check_types, replace_checked, settings
 
@@ -67,6 +67,12 @@ def defend(
     return DefenseResult(repaired.eval(), record)
 
 
+def budget(config: FTConfig, images: int, record: dict[str, Any] | None = None) -> Budget:
+    """FT's budget: its fine-tuning epochs over the clean images."""
+    steps = config.finetune.steps(images)
+    return Budget(f"{config.finetune.epochs} fine-tuning epochs", steps, images)
+
+
 register(
     DefenseSpec(
         name="ft",
@@ -82,5 +88,6 @@ register(
         holds="5% clean training data",
         options=(),
         paper_average=(92.13, 34.75, 80.98),
+        budget=budget,
     )
 )

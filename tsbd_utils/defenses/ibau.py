@@ -44,6 +44,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,7 +57,7 @@ from ..augment import augment
 from ..config import Profile
 from ..data import DatasetSpec, ImageData
 from ..rng import generator
-from .base import DefenseResult, DefenseSpec, register
+from .base import Budget, DefenseResult, DefenseSpec, register
 from .common import clean_accuracy, scaled_epochs, working_copy
 from .hypergradient import implicit_hypergradient
 from ..settings import check_types, replace_checked, settings
@@ -272,6 +273,14 @@ def defend(
     return DefenseResult(repaired.eval(), record)
 
 
+def budget(config: IBAUConfig, images: int, record: dict[str, Any] | None = None) -> Budget:
+    """i-BAU's budget: per round, one pass fitting the perturbation and one pass updating the model (each of
+    those steps solves the implicit hypergradient with ``fixed_point_steps`` extra products)."""
+    per_pass = math.ceil(images / config.batch_size)
+    rounds = f"{config.n_rounds} round" + ("s" if config.n_rounds != 1 else "")
+    return Budget(f"{rounds} (perturbation pass + unlearning pass)", 2 * config.n_rounds * per_pass, images)
+
+
 register(
     DefenseSpec(
         name="ibau",
@@ -286,5 +295,6 @@ register(
         holds="5% clean training data",
         options=(),
         paper_average=(87.86, 17.44, 88.11),
+        budget=budget,
     )
 )

@@ -40,7 +40,7 @@ from ..config import Profile
 from ..data import DatasetSpec, ImageData
 from ..settings import check_types, replace_checked, settings
 from ..training import Step
-from .base import DefenseResult, DefenseSpec, register
+from .base import Budget, DefenseResult, DefenseSpec, register
 from .common import FineTuning, fine_tune, scaled_epochs, working_copy
 
 # BackdoorBench's betas for PreActResNet18: layer3 output, layer4 output (the pooled point is dropped, see above).
@@ -165,6 +165,12 @@ def defend(
     return DefenseResult(student.eval(), record)
 
 
+def budget(config: NADConfig, images: int, record: dict[str, Any] | None = None) -> Budget:
+    """NAD's budget: the teacher's fine-tuning epochs, then the student's."""
+    steps = config.teacher_recipe().steps(images) + config.finetune.steps(images)
+    return Budget(f"{config.teacher_epochs} teacher + {config.finetune.epochs} student epochs", steps, images)
+
+
 register(
     DefenseSpec(
         name="nad",
@@ -179,5 +185,6 @@ register(
         holds="5% clean training data",
         options=(),
         paper_average=(91.82, 33.01, 81.76),
+        budget=budget,
     )
 )

@@ -51,7 +51,7 @@ from torch import nn
 from ..config import Profile
 from ..data import DatasetSpec, ImageData
 from ..rng import generator
-from .base import DefenseResult, DefenseSpec, register
+from .base import Budget, DefenseResult, DefenseSpec, register
 from .common import FineTuning, capped_epochs, fine_tune, working_copy
 from .nc_reverse import Trigger, reverse_engineer, reverse_engineer_all
 from ..settings import check_types, replace_checked, settings
@@ -241,6 +241,22 @@ def defend(
     return DefenseResult(repaired.eval(), record)
 
 
+def budget(config: NCConfig, images: int, record: dict[str, Any] | None = None) -> Budget:
+    """NC's budget, from its run: the reverse-engineering epochs of each group of labels optimised together
+    (early stopping ends some sooner), then the unlearning epochs if a label was flagged."""
+    if record is None:
+        raise ValueError("NC's budget depends on its run (early stopping per label): pass the run's record")
+    per_label = record["reverse_epochs"]
+    groups = [per_label[i : i + config.class_batch] for i in range(0, len(per_label), config.class_batch)]
+    per_epoch = images if config.epoch_images is None else min(images, config.epoch_images)
+    steps = sum(max(g) for g in groups) * math.ceil(per_epoch / config.batch_size)
+    passes = f"{sum(per_label)} reverse-engineering epochs over {len(per_label)} labels ({per_epoch} images each)"
+    if record["unlearned"]:
+        steps += config.finetune.steps(images)
+        passes += f" + {config.finetune.epochs} unlearning epochs"
+    return Budget(passes, steps, images)
+
+
 register(
     DefenseSpec(
         name="nc",
@@ -255,5 +271,6 @@ register(
         holds="5% clean training data",
         options=(),
         paper_average=(90.72, 27.24, 84.56),
+        budget=budget,
     )
 )

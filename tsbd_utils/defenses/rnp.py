@@ -53,9 +53,9 @@ from torch import nn
 from ..config import Profile, TrainConfig
 from ..data import DatasetSpec, ImageData
 from ..settings import check_types, replace_checked, settings
-from ..training import Step, train
+from ..training import Step, epoch_steps, train
 from ..unlearning import AscentStep
-from .base import DefenseResult, DefenseSpec, register
+from .base import Budget, DefenseResult, DefenseSpec, register
 from .common import OracleData, capped_epochs, check_choice, working_copy
 from .masks import attach_masks, clip_masks, freeze_all_but_masks, mask_values
 from .pruning import check_config, prune_sweep, pruning_record
@@ -270,6 +270,18 @@ def defend(
     return DefenseResult(pruned, record)
 
 
+def budget(config: RNPConfig, images: int, record: dict[str, Any] | None = None) -> Budget:
+    """RNP's budget, from its run: the unlearning epochs it needed on its share of the clean images, the
+    mask-recovery epochs, then a threshold sweep of forward passes (on all the clean images)."""
+    if record is None:
+        raise ValueError("RNP's budget depends on its run (unlearning stops early): pass the run's record")
+    share = record["clean_images"]
+    unlearning, recovery = record["unlearning"]["epochs"], record["recovery"]["epochs"]
+    steps = (unlearning + recovery) * epoch_steps(share, config.batch_size)
+    return Budget(f"{unlearning} unlearning + {recovery} mask-recovery epochs on {share} images + pruning sweep",
+                  steps, images)
+
+
 register(
     DefenseSpec(
         name="rnp",
@@ -284,5 +296,6 @@ register(
         holds="1% clean training data",
         options=("oracle",),
         paper_average=(88.99, 29.28, 82.83),
+        budget=budget,
     )
 )

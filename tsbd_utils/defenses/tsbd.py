@@ -36,9 +36,9 @@ from ..config import Profile, TrainConfig
 from ..data import DatasetSpec, ImageData
 from ..settings import check_types, replace_checked, settings
 from ..unlearning import UnlearnConfig, Unlearned, clean_unlearn
-from ..training import BatchTransform, History, train
+from ..training import BatchTransform, History, epoch_steps, train
 from .activeness import ActivenessAwareStep, CopyingActivenessAwareStep
-from .base import DefenseResult, DefenseSpec, register
+from .base import Budget, DefenseResult, DefenseSpec, register
 from .common import capped_epochs
 from .reinit import DISRUPTION, OFFICIAL_SWEEP, choose_neuron_ratio, top_neurons, zero_reinit
 
@@ -199,6 +199,19 @@ def defend(
     return DefenseResult(repaired.eval(), record)
 
 
+def budget(config: TSBDConfig, images: int, record: dict[str, Any] | None = None) -> Budget:
+    """TSBD's budget, from its run: the clean-unlearning epochs stage 1 needed, then the stage-2 epochs (two
+    gradients per step when ``alpha > 0``: one at the weights, one at the perturbed weights)."""
+    if record is None:
+        raise ValueError("TSBD's budget depends on its run (clean unlearning stops early): pass the run's record")
+    unlearning = record["unlearn_epochs"]
+    steps = unlearning * epoch_steps(images, config.unlearn.batch_size) + config.epochs * epoch_steps(
+        images, config.batch_size
+    )
+    kind = "activeness-aware, two gradients a step" if config.alpha > 0 else "plain steps"
+    return Budget(f"{unlearning} unlearning + {config.epochs} fine-tuning epochs ({kind})", steps, images)
+
+
 register(
     DefenseSpec(
         name="tsbd",
@@ -214,5 +227,6 @@ register(
         holds="5% clean training data",
         options=("eval_fn",),
         paper_average=(91.7, 2.18, 97.09),
+        budget=budget,
     )
 )

@@ -6,7 +6,8 @@ One module per job:
 * :mod:`.trained`: the clean, backdoored and unlearned models (notebooks 00-02 train them);
 * :mod:`.defended`: TSBD and the baselines run on the backdoored models (notebooks 05, 06);
 * :mod:`.evaluation`: ACC / ASR / RA on the evaluation images, and the per-attack table;
-* :mod:`.triggers`: what NC and i-BAU find, beside the real trigger (notebook 06).
+* :mod:`.triggers`: what NC and i-BAU find, beside the real trigger (notebook 06);
+* :mod:`.table1`: the runs behind Table 1 and its labelled extras, and their budgets (notebook 07).
 
 Example:
     >>> from tsbd_utils import session, zoo
@@ -17,7 +18,16 @@ Example:
 
 from __future__ import annotations
 
-from .defended import Defended, defended_model, defense_context, tsbd_model
+from .defended import (
+    CURVE_IMAGES,
+    TSBD_RUNS,
+    Defended,
+    defended_model,
+    defense_context,
+    matched_config,
+    tsbd_model,
+    tsbd_runs,
+)
 from .evaluation import (
     METRICS,
     backdoor_evaluation,
@@ -31,11 +41,39 @@ from .evaluation import (
     test_accuracy,
     trigger_floor,
 )
+from .table1 import (
+    BASELINES,
+    FLOOR,
+    NO_DEFENSE,
+    ORACLE_CHOICES,
+    budget_summary,
+    floor_rows,
+    main_runs,
+    matched_label,
+    matched_runs,
+    oracle_label,
+    oracle_runs,
+    unlearning_seconds,
+)
 from .keys import backdoor_fields, clean_fields, evaluation_key, model_fields, unlearn_config
 from .triggers import ibau_perturbation, nc_reversed_trigger, trigger_residual
 from .trained import Backdoored, Trained, attack_context, backdoored_model, clean_model, on_device, unlearned_model
 
 __all__ = [
+    "BASELINES",
+    "CURVE_IMAGES",
+    "FLOOR",
+    "NO_DEFENSE",
+    "ORACLE_CHOICES",
+    "budget_summary",
+    "floor_rows",
+    "main_runs",
+    "matched_label",
+    "matched_runs",
+    "oracle_label",
+    "oracle_runs",
+    "unlearning_seconds",
+    "TSBD_RUNS",
     "Backdoored",
     "Defended",
     "METRICS",
@@ -63,7 +101,9 @@ __all__ = [
     "oracle_data",
     "test_accuracy",
     "trigger_floor",
+    "matched_config",
     "tsbd_model",
+    "tsbd_runs",
     "unlearn_config",
     "unlearned_model",
 ]

@@ -7,18 +7,29 @@ its 64 runs once and every later notebook reads them back.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from ..defenses import DEFENSES, DefenseContext, DefenseResult, TSBDConfig
+from ..config import resolve
+from ..defenses import DEFENSES, DefenseContext, DefenseResult, FineTuning, TSBDConfig
 from ..unlearning import UNLEARN_MODES
 from ..session import Session
 from ..shortcut import PhotometricConfig, PhotometricLift
 from .evaluation import curve_eval, oracle_data
 from .keys import model_fields, unlearn_config
 from .trained import backdoored_model, cached_model, unlearned_model
+
+
+# Notebook 05 records ACC / ASR on subsets of this many images after every stage-2 epoch; the size is part
+# of the cached models' keys, so every notebook that reads those runs asks with the same value.
+CURVE_IMAGES = 500
+
+# The labels of TSBD's runs in the tables: the faithful defense, its same-budget control (stage 1, then
+# the same loop with alpha = 0), and the two labelled variants with the photometric lift of the clean images.
+TSBD_RUNS = ("TSBD", "vanilla FT", "TSBD + lift", "vanilla FT + lift")
 
 
 @dataclass
@@ -120,3 +131,34 @@ def defended_model(session: Session, name: str, defense: str, config: Any = None
         session, "defended", attack=name, attack_config=bd.attack.config, defense=defense, config=config, **oracle_key
     )
     return _defended_cached(session, fields, run)
+
+
+def tsbd_runs(session: Session, name: str, config: TSBDConfig | None = None) -> dict[str, Defended]:
+    """Notebook 05's four stage-2 runs on attack ``name`` (labels: :data:`TSBD_RUNS`), all from the same
+    stage-1 model: faithful TSBD, vanilla fine-tuning through TSBD's loop (``alpha = 0``, the same epochs
+    and clean images: the same-budget control), and both with the photometric lift of the clean images
+    (:class:`~tsbd_utils.shortcut.PhotometricConfig`'s defaults), a labelled variant. Cached."""
+    config = config or TSBDConfig.for_profile(session.profile)
+    vanilla = dataclasses.replace(config, alpha=0.0)
+    lift = PhotometricConfig()
+    return {
+        "TSBD": tsbd_model(session, name, config, curve_size=CURVE_IMAGES),
+        "vanilla FT": tsbd_model(session, name, vanilla, curve_size=CURVE_IMAGES),
+        "TSBD + lift": tsbd_model(session, name, config, photometric=lift),
+        "vanilla FT + lift": tsbd_model(session, name, vanilla, photometric=lift),
+    }
+
+
+def matched_config(session: Session, defense: str, epochs: int) -> Any:
+    """Defense ``defense``'s config with its fine-tuning at ``epochs`` epochs (TSBD's stage-2 count, for a
+    same-budget comparison) instead of the profile's scaled count; its other epoch counts (NAD's teacher)
+    keep their ratio to it. Only for defenses whose budget is a fine-tuning recipe (FT, FP, NAD, NC)."""
+    spec = DEFENSES[defense]
+    if "finetune" not in {f.name for f in dataclasses.fields(spec.config)}:
+        fine_tuners = [d for d in DEFENSES if "finetune" in {f.name for f in dataclasses.fields(DEFENSES[d].config)}]
+        raise ValueError(f"{defense!r} has no fine-tuning recipe to match; allowed: {', '.join(fine_tuners)}")
+    if not (isinstance(epochs, int) and epochs >= 1):
+        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    # The profile whose defense_scale turns the published fine-tuning epochs into ``epochs``.
+    scale = epochs / FineTuning().epochs
+    return spec.for_profile(resolve(session.profile, defense_scale=scale))
