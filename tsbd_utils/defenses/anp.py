@@ -196,9 +196,11 @@ def defend(
 
 
 def budget(config: ANPConfig, images: int, record: dict[str, Any] | None = None) -> Budget:
-    """ANP's budget: its mask iterations (each one batch, after ``steps`` ascent steps on the noise), then a
-    threshold sweep of forward passes."""
-    return Budget(f"{config.iterations} mask iterations + pruning sweep", config.iterations, images)
+    """ANP's budget: its mask iterations (each on one batch, after ``steps`` signed ascent steps on the
+    neuron noise), then a threshold sweep of forward passes."""
+    steps = config.iterations * (1 + config.steps)
+    passes = f"{config.iterations} mask iterations (each after {config.steps} noise ascent step) + pruning sweep"
+    return Budget(passes, steps, steps * config.batch_size, images)
 
 
 register(

@@ -52,12 +52,15 @@ class DefenseConfig(Protocol):
 class Budget:
     """What one run of a defense spends, for tables that compare defenses at their budgets.
 
-    ``steps`` counts optimizer steps of every kind (network weights, masks, triggers, perturbations);
-    ``passes`` says in words what they are, including steps that cost more than one gradient.
+    ``steps`` counts optimizer steps of every kind (network weights, masks, triggers, perturbations) and
+    ``examples`` the images those steps were computed on, summed over the steps: the measure that stays
+    comparable when a profile shrinks the batches as well as the epochs. ``passes`` says in words what the
+    steps are, including steps that take more than one gradient (TSBD's stage 2, ANP, i-BAU).
     """
 
     passes: str  # in words: "10 fine-tuning epochs", "40 mask iterations"
     steps: int  # optimizer steps
+    examples: int  # images behind those steps, summed over the steps
     images: int  # clean images the defense reads (0 for a data-free defense)
 
 

@@ -109,7 +109,7 @@ def defend(
 
 def budget(config: CLPConfig, images: int, record: dict[str, Any] | None = None) -> Budget:
     """CLP's budget: none; it reads the weights only (one singular value per channel)."""
-    return Budget("weights only (no data, no training)", 0, 0)
+    return Budget("weights only (no data, no training)", 0, 0, 0)
 
 
 register(

@@ -22,6 +22,7 @@ from ..config import Profile, TrainConfig
 from ..data import DatasetSpec, ImageData
 from ..settings import check_types, settings
 from ..training import History, Step, epoch_steps, train
+from .base import Budget
 
 
 def capped_epochs(profile: Profile, epochs: int) -> int:
@@ -62,6 +63,11 @@ class FineTuning:
     def steps(self, images: int) -> int:
         """Optimizer steps of this recipe over ``images`` clean images."""
         return self.epochs * epoch_steps(images, self.batch_size)
+
+    def budget(self, passes: str, images: int, before: tuple[int, int] = (0, 0)) -> Budget:
+        """The :class:`~.base.Budget` of this recipe over ``images`` clean images, after ``before``
+        (steps, examples) spent by an earlier stage."""
+        return Budget(passes, before[0] + self.steps(images), before[1] + self.epochs * images, images)
 
     def scaled(self, profile: Profile) -> FineTuning:
         return dataclasses.replace(self, epochs=scaled_epochs(profile, self.epochs))

@@ -149,8 +149,7 @@ def defend(
 
 def budget(config: FPConfig, images: int, record: dict[str, Any] | None = None) -> Budget:
     """FP's budget: a pruning sweep (forward passes only), then its fine-tuning epochs."""
-    steps = config.finetune.steps(images)
-    return Budget(f"pruning sweep + {config.finetune.epochs} fine-tuning epochs", steps, images)
+    return config.finetune.budget(f"pruning sweep + {config.finetune.epochs} fine-tuning epochs", images)
 
 
 register(

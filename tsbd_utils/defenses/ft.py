@@ -69,8 +69,7 @@ def defend(
 
 def budget(config: FTConfig, images: int, record: dict[str, Any] | None = None) -> Budget:
     """FT's budget: its fine-tuning epochs over the clean images."""
-    steps = config.finetune.steps(images)
-    return Budget(f"{config.finetune.epochs} fine-tuning epochs", steps, images)
+    return config.finetune.budget(f"{config.finetune.epochs} fine-tuning epochs", images)
 
 
 register(

@@ -278,7 +278,8 @@ def budget(config: IBAUConfig, images: int, record: dict[str, Any] | None = None
     those steps solves the implicit hypergradient with ``fixed_point_steps`` extra products)."""
     per_pass = math.ceil(images / config.batch_size)
     rounds = f"{config.n_rounds} round" + ("s" if config.n_rounds != 1 else "")
-    return Budget(f"{rounds} (perturbation pass + unlearning pass)", 2 * config.n_rounds * per_pass, images)
+    passes = f"{rounds} (perturbation pass + unlearning pass with implicit hypergradients)"
+    return Budget(passes, 2 * config.n_rounds * per_pass, 2 * config.n_rounds * images, images)
 
 
 register(

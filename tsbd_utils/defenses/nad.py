@@ -167,8 +167,9 @@ def defend(
 
 def budget(config: NADConfig, images: int, record: dict[str, Any] | None = None) -> Budget:
     """NAD's budget: the teacher's fine-tuning epochs, then the student's."""
-    steps = config.teacher_recipe().steps(images) + config.finetune.steps(images)
-    return Budget(f"{config.teacher_epochs} teacher + {config.finetune.epochs} student epochs", steps, images)
+    teacher = config.teacher_recipe().budget("", images)
+    passes = f"{config.teacher_epochs} teacher + {config.finetune.epochs} student epochs"
+    return config.finetune.budget(passes, images, before=(teacher.steps, teacher.examples))
 
 
 register(

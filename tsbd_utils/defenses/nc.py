@@ -250,11 +250,11 @@ def budget(config: NCConfig, images: int, record: dict[str, Any] | None = None) 
     groups = [per_label[i : i + config.class_batch] for i in range(0, len(per_label), config.class_batch)]
     per_epoch = images if config.epoch_images is None else min(images, config.epoch_images)
     steps = sum(max(g) for g in groups) * math.ceil(per_epoch / config.batch_size)
+    examples = sum(max(g) * len(g) for g in groups) * per_epoch  # each image is stamped once per label of its group
     passes = f"{sum(per_label)} reverse-engineering epochs over {len(per_label)} labels ({per_epoch} images each)"
-    if record["unlearned"]:
-        steps += config.finetune.steps(images)
-        passes += f" + {config.finetune.epochs} unlearning epochs"
-    return Budget(passes, steps, images)
+    if not record["unlearned"]:
+        return Budget(passes, steps, examples, images)
+    return config.finetune.budget(f"{passes} + {config.finetune.epochs} unlearning epochs", images, (steps, examples))
 
 
 register(

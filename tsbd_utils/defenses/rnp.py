@@ -271,15 +271,16 @@ def defend(
 
 
 def budget(config: RNPConfig, images: int, record: dict[str, Any] | None = None) -> Budget:
-    """RNP's budget, from its run: the unlearning epochs it needed on its share of the clean images, the
-    mask-recovery epochs, then a threshold sweep of forward passes (on all the clean images)."""
+    """RNP's budget, from its run: the unlearning epochs it needed on its share of the clean images (at
+    most ``config``'s), the mask-recovery epochs, then a threshold sweep of forward passes (on all the clean
+    images)."""
     if record is None:
         raise ValueError("RNP's budget depends on its run (unlearning stops early): pass the run's record")
     share = record["clean_images"]
-    unlearning, recovery = record["unlearning"]["epochs"], record["recovery"]["epochs"]
-    steps = (unlearning + recovery) * epoch_steps(share, config.batch_size)
-    return Budget(f"{unlearning} unlearning + {recovery} mask-recovery epochs on {share} images + pruning sweep",
-                  steps, images)
+    unlearning = min(record["unlearning"]["epochs"], config.unlearning_epochs)
+    epochs = unlearning + config.recovering_epochs
+    passes = f"{unlearning} unlearning + {config.recovering_epochs} mask-recovery epochs on {share} images + pruning sweep"
+    return Budget(passes, epochs * epoch_steps(share, config.batch_size), epochs * share, images)
 
 
 register(

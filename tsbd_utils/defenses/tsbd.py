@@ -209,7 +209,8 @@ def budget(config: TSBDConfig, images: int, record: dict[str, Any] | None = None
         images, config.batch_size
     )
     kind = "activeness-aware, two gradients a step" if config.alpha > 0 else "plain steps"
-    return Budget(f"{unlearning} unlearning + {config.epochs} fine-tuning epochs ({kind})", steps, images)
+    passes = f"{unlearning} unlearning + {config.epochs} fine-tuning epochs ({kind})"
+    return Budget(passes, steps, (unlearning + config.epochs) * images, images)
 
 
 register(

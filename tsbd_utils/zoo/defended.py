@@ -149,14 +149,18 @@ def tsbd_runs(session: Session, name: str, config: TSBDConfig | None = None) -> 
     }
 
 
+# The baselines whose whole budget is a fine-tuning recipe, which matched_config can stretch. NC is not one:
+# its reverse engineering also follows the profile's scale, so a matched NC would change more than its epochs.
+MATCHABLE = ("ft", "fp", "nad")
+
+
 def matched_config(session: Session, defense: str, epochs: int) -> Any:
     """Defense ``defense``'s config with its fine-tuning at ``epochs`` epochs (TSBD's stage-2 count, for a
     same-budget comparison) instead of the profile's scaled count; its other epoch counts (NAD's teacher)
-    keep their ratio to it. Only for defenses whose budget is a fine-tuning recipe (FT, FP, NAD, NC)."""
+    keep their ratio to it. Only for :data:`MATCHABLE` defenses."""
+    if defense not in MATCHABLE:
+        raise ValueError(f"{defense!r} has no fine-tuning recipe to match; allowed: {', '.join(MATCHABLE)}")
     spec = DEFENSES[defense]
-    if "finetune" not in {f.name for f in dataclasses.fields(spec.config)}:
-        fine_tuners = [d for d in DEFENSES if "finetune" in {f.name for f in dataclasses.fields(DEFENSES[d].config)}]
-        raise ValueError(f"{defense!r} has no fine-tuning recipe to match; allowed: {', '.join(fine_tuners)}")
     if not (isinstance(epochs, int) and epochs >= 1):
         raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
     # The profile whose defense_scale turns the published fine-tuning epochs into ``epochs``.

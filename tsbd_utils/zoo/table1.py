@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..defenses import DEFENSES, TSBDConfig
 from ..session import Session
-from .defended import Defended, defended_model, matched_config, tsbd_runs
+from .defended import CURVE_IMAGES, Defended, defended_model, matched_config, tsbd_model
 from .evaluation import METRICS, trigger_floor
 from .trained import unlearned_model
 
@@ -29,7 +29,8 @@ ORACLE_CHOICES = tuple(d for d in BASELINES if "choice" in {f.name for f in data
 def main_runs(session: Session, names: Sequence[str]) -> dict[str, dict[str, Defended]]:
     """Table 1's defended models by column title: the eight baselines, then TSBD; all cached."""
     runs = {DEFENSES[d].title: {n: defended_model(session, n, d) for n in names} for d in BASELINES}
-    runs[DEFENSES["tsbd"].title] = {n: tsbd_runs(session, n)["TSBD"] for n in names}
+    config = TSBDConfig.for_profile(session.profile)  # notebook 05's TSBD column (the key has its curve size)
+    runs[DEFENSES["tsbd"].title] = {n: tsbd_model(session, n, config, curve_size=CURVE_IMAGES) for n in names}
     return runs
 
 
@@ -87,16 +88,18 @@ def budget_summary(
     extra_seconds: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """What ``defense`` with ``config`` spent on each attack of ``runs``, summarised in one row: what it
-    runs (on the first attack), optimizer steps (mean over attacks) against the published settings'
-    on the same images and runs, the clean images it read, and the measured compute seconds per attack
-    (plus ``extra_seconds[attack]``, such as TSBD's cached unlearning)."""
+    runs (on the first attack), optimizer steps and the images behind them (means over attacks), the
+    latter against the published settings' on the same clean images (where a run stops early, at the
+    point this run stopped), the clean images it read, and the measured compute seconds per attack (plus
+    ``extra_seconds[attack]``, such as TSBD's cached unlearning)."""
     spec = DEFENSES[defense]
     images = len(session.splits.clean)
     published = spec.for_profile("paper")
     budgets = {n: spec.budget(config, images, d.record) for n, d in runs.items()}
     full = {n: spec.budget(published, images, d.record) for n, d in runs.items()}
     steps = pd.Series({n: b.steps for n, b in budgets.items()}, dtype=float)
-    full_steps = pd.Series({n: b.steps for n, b in full.items()}, dtype=float)
+    examples = pd.Series({n: b.examples for n, b in budgets.items()}, dtype=float)
+    full_examples = pd.Series({n: b.examples for n, b in full.items()}, dtype=float)
     seconds = pd.Series({n: d.info.get("compute_seconds", float("nan")) for n, d in runs.items()}, dtype=float)
     if extra_seconds is not None:
         seconds = seconds + pd.Series(dict(extra_seconds), dtype=float).reindex(seconds.index)
@@ -105,8 +108,9 @@ def budget_summary(
         "runs (first attack)": first.passes,
         "optimizer steps": float(steps.mean()),
         "steps, min-max": f"{int(steps.min())}-{int(steps.max())}",
-        "published steps": float(full_steps.mean()),
-        "share of published": float(steps.sum() / full_steps.sum()) if full_steps.sum() > 0 else float("nan"),
+        "images behind the steps": float(examples.mean()),
+        "published": float(full_examples.mean()),
+        "share of published": float(examples.sum() / full_examples.sum()) if full_examples.sum() > 0 else None,
         "clean images": first.images,
         "seconds per attack": float(seconds.mean()),
     }
