@@ -111,6 +111,31 @@ def test_the_clean_rule_sweep_stops_at_its_first_failure_and_the_oracle_sweeps_e
         assert (chosen, tried) == (0.1, [0.0, 0.1, 0.2, 0.3])
 
 
+def test_a_sweep_measures_a_model_once_when_amounts_give_the_same_model():
+    """Thresholds that prune the same neurons give the same model: measured once, rows repeated."""
+    same = {0.0: "a", 0.1: "a", 0.2: "b", 0.3: "b", 0.4: "c"}  # the model each amount gives
+    accs = {"a": 0.90, "b": 0.86, "c": 0.70}
+    measured = []
+
+    def predict(model, images, batch_size, device):
+        measured.append(model)
+        right = round(accs[model] * len(images))
+        return torch.cat([torch.zeros(right, dtype=torch.long), torch.ones(len(images) - right, dtype=torch.long)])
+
+    clean = data.ImageData(torch.zeros(100, 1, 2, 2, dtype=torch.uint8), torch.zeros(100, dtype=torch.long))
+    oracle = OracleData(clean.x, clean.y, clean.x, target=1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(common.metrics, "predict", predict)
+        plain = common.choose_amount(list(same), same.get, clean=clean, device="cpu", choice="oracle", oracle=oracle)
+        calls = len(measured)
+        measured.clear()
+        deduplicated = common.choose_amount(
+            list(same), same.get, clean=clean, device="cpu", choice="oracle", oracle=oracle, identity=same.get
+        )
+    assert deduplicated == plain  # the same choice and the same rows
+    assert len(measured) == calls * 3 // 5  # three distinct models of five amounts
+
+
 def test_fp_prunes_the_least_active_head_inputs_and_keeps_them_at_zero_through_fine_tuning():
     model, clean = _model(), _clean()
     features = head_inputs(model, clean.x, "cpu")

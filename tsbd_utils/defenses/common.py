@@ -194,21 +194,33 @@ def choose_amount(
     choice: str = "clean",
     oracle: OracleData | None = None,
     oracle_rule: str = "lowest_asr",
+    identity: Callable[[float], Any] | None = None,
 ) -> tuple[float, list[dict[str, Any]]]:
     """Try each pruning amount (``apply(amount)`` returns the pruned model) and pick one with
     :func:`select_amount`. Candidates run in increasing order of pruning, the first being the
     reference (normally 0). Returns the amount and one row per candidate tried: with the clean rule the
     sweep stops at the first amount that breaks it, since no later row can change the choice.
+
+    ``identity(amount)``, read after ``apply(amount)``, says which model an amount gave (for a threshold
+    sweep: how many neurons it pruned, the pruned sets being nested). An amount whose identity equals the
+    previous one's gave the same model, so its row repeats those measurements instead of measuring the
+    model again: on a test-set (oracle) sweep most of the cost.
     """
     check_choice(choice, oracle)
     if not candidates or list(candidates) != sorted(candidates):
         raise ValueError(f"pruning candidates must be a non-empty increasing sequence, got {list(candidates)!r}")
     rows: list[dict[str, Any]] = []
+    previous: Any = object()  # equal to no identity
     for amount in candidates:
         pruned = apply(amount)
-        row: dict[str, Any] = {"amount": float(amount), "clean_acc": clean_accuracy(pruned, clean, device)}
-        if choice == "oracle":
-            row["test_acc"], row["test_asr"] = oracle.evaluate(pruned, device)
+        current = identity(amount) if identity is not None else object()
+        if rows and current == previous:
+            row = {**rows[-1], "amount": float(amount)}  # the same model as the previous amount: the same numbers
+        else:
+            row = {"amount": float(amount), "clean_acc": clean_accuracy(pruned, clean, device)}
+            if choice == "oracle":
+                row["test_acc"], row["test_asr"] = oracle.evaluate(pruned, device)
+        previous = current
         rows.append(row)
         if choice == "clean" and row["clean_acc"] < (1 - acc_ratio) * rows[0]["clean_acc"]:
             break

@@ -93,6 +93,7 @@ def prune_sweep(
         choice=config.choice,
         oracle=oracle,
         oracle_rule=config.oracle_rule,
+        identity=counts.get,  # thresholds prune nested sets: the same count is the same pruned model
     )
     for row in rows:
         row["pruned"] = counts[row["amount"]]
