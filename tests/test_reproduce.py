@@ -148,3 +148,18 @@ def test_a_damaged_dataset_is_refused_before_any_notebook(tmp_path, capsys):
     labels.write_bytes(labels.read_bytes()[:-3])  # cut short: 6 labels announced, 3 there
     err = _refused_with_nothing_written(tmp_path, capsys, "--data-dir", str(tmp_path / "data"))
     assert re.search(r"Fashion-MNIST in .*data is damaged: .*t10k-labels-idx1-ubyte.*Reinstall it", err), err
+
+
+def test_readme_table_is_refreshed_between_its_markers_only(tmp_path):
+    export = tmp_path / "07_table1.md"
+    export.write_text("Caption\n\n| attack | TSBD |\n|:---|---:|\n| BadNets | 1 / 2 / 3 |\n")
+    readme = tmp_path / "README.md"
+    start, end = reproduce.TABLE_MARKERS
+    readme.write_text(f"# Title\n\n{start}\n| old | table |\n{end}\n\nafter\n")
+    assert reproduce.refresh_readme_table(readme, export)
+    assert readme.read_text() == (
+        f"# Title\n\n{start}\n| attack | TSBD |\n|:---|---:|\n| BadNets | 1 / 2 / 3 |\n{end}\n\nafter\n"
+    )
+    plain = tmp_path / "plain.md"
+    plain.write_text("# No markers here\n")
+    assert not reproduce.refresh_readme_table(plain, export) and plain.read_text() == "# No markers here\n"

@@ -33,6 +33,9 @@ from .paths import (
 )
 
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
+# README.md shows the quick profile's Table 1 between these markers, refreshed from notebook 07's export.
+TABLE_MARKERS = ("<!-- table1:start -->", "<!-- table1:end -->")
+TABLE_EXPORT = "07_table1.md"
 
 
 def notebooks(folder: Path) -> list[Path]:
@@ -203,7 +206,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         times.append((path.name, seconds, "ok"))
         print(f"[{i}/{len(selected)}] {path.name} done in {seconds:.0f} s", flush=True)
     _table(times)
+    root = project_root()
+    export = Path(args.figures_dir).resolve() / TABLE_EXPORT
+    if args.profile == "quick" and root is not None and export.parent == (root / "figures").resolve():
+        if any(p.name.startswith(TABLE_EXPORT[:2]) for p in selected) and export.is_file():
+            if refresh_readme_table(root / "README.md", export):
+                print(f"README.md: Table 1 refreshed from figures/{TABLE_EXPORT}")
     return 0
+
+
+def refresh_readme_table(readme: Path, export: Path) -> bool:
+    """Replace the table between :data:`TABLE_MARKERS` in ``readme`` with the table rows of ``export``
+    (notebook 07's Markdown export), atomically; False (nothing written) without both markers."""
+    from .atomic import atomic_path
+
+    text = readme.read_text() if readme.is_file() else ""
+    start, end = TABLE_MARKERS
+    if start not in text or end not in text or text.index(start) > text.index(end):
+        return False
+    rows = [line for line in export.read_text().splitlines() if line.startswith("|")]
+    head, rest = text.split(start, 1)
+    new = f"{head}{start}\n" + "\n".join(rows) + f"\n{end}" + rest.split(end, 1)[1]
+    if new != text:
+        with atomic_path(readme) as tmp:
+            tmp.write_text(new)
+    return True
 
 
 def _table(times: list[tuple[str, float, str]]) -> None:
