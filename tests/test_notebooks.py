@@ -188,7 +188,41 @@ EXPECTED: dict[str, dict] = {
             )
         ),
     },
+    "07": {
+        "figures": ["der_heatmap", "der_vs_compute"],
+        "files": [f"07_table1{part}.{kind}" for part in ("", "_extra") for kind in ("csv", "md", "tex")]
+        + ["07_table1.json"],
+        "results": lambda r: (
+            r["attacks"] == ALL_ATTACKS
+            and r["methods"] == ["No defense", "FT", "FP", "NAD", "NC", "ANP", "CLP", "i-BAU", "RNP", "TSBD"]
+            and set(r["table1"]) == set(r["methods"])  # the results file sorts its keys: sets, not lists
+            and all(set(r["table1"][m]) == {*TITLES, "average"} for m in r["methods"])
+            and all(r["table1"]["No defense"][a]["DER"] is None for a in r["table1"]["No defense"])
+            # each DER from its own ACC / ASR against the backdoored model's; the average row the mean of the rows
+            and all(
+                abs(cells[a]["DER"] - 100 * _der(*(r["table1"]["No defense"][a][k] / 100 for k in ("ACC", "ASR")),
+                                                 cells[a]["ACC"] / 100, cells[a]["ASR"] / 100)) < 1e-9
+                for m, cells in r["table1"].items() if m != "No defense" for a in TITLES
+            )
+            and all(
+                abs(cells["average"][k] - sum(cells[a][k] for a in TITLES) / 8) < 1e-9
+                for m, cells in r["table1"].items() for k in ("ACC", "ASR", "DER") if cells["average"][k] is not None
+            )
+            and r["extras"] == ["Clean model (trigger floor)", "vanilla FT (TSBD's loop)", "FT at 2 epochs",
+                                "NAD at 2 epochs", "TSBD + lift", "vanilla FT + lift", "FP (oracle choice)",
+                                "ANP (oracle choice)"]
+            and set(r["extra"]) == {"No defense", *r["extras"]}
+            and r["extra"]["No defense"] == r["table1"]["No defense"]
+            and set(r["budgets"]) == {*r["methods"][1:], *r["extras"][1:4]}
+            and r["best_average_der"] in r["methods"][1:] and 1 <= r["tsbd_place"] <= 9
+            and set(r["sources"]) == {*r["methods"][1:], *r["extras"][1:]}
+            and all(len(keys) == 8 for keys in r["sources"].values())
+            and r["provenance"]["profile"] == "smoke"
+        ),
+    },
 }
+
+TITLES = ["BadNets", "Blended", "Input-aware", "LF", "SIG", "SSBA", "Trojan", "WaNet"]
 
 
 TSBD_COLUMNS = {  # notebook 05's table, as its results file names the columns
@@ -250,6 +284,8 @@ def test_notebook_runs_in_the_smoke_profile(path, tmp_path, cache_dir):
     for slug in EXPECTED[number]["figures"]:
         png = figures / f"{number}_{slug}.png"
         assert png.is_file() and png.stat().st_size > 5000, png
+    for name in EXPECTED[number].get("files", []):  # exported tables beside the figures
+        assert (figures / name).is_file() and (figures / name).stat().st_size > 0, name
     assert all(p.name.startswith(f"{number}_") for p in figures.iterdir())
     assert results["provenance"]["profile"] == "smoke" and results["meaningful"] is False
     assert EXPECTED[number]["results"](results["results"]), results["results"]
