@@ -92,7 +92,9 @@ def cell_text(table: pd.DataFrame, digits: int = 1, empty: str = "-") -> pd.Data
     methods = list(dict.fromkeys(table.columns.get_level_values("method")))
 
     def fmt(value: float) -> str:
-        return empty if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.{digits}f}"
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return empty
+        return f"{100 * value:.{digits}f}"
 
     text = pd.DataFrame(
         {m: [" / ".join(fmt(v) for v in table[m].loc[row]) for row in table.index] for m in methods},

@@ -279,7 +279,8 @@ def budget(config: RNPConfig, images: int, record: dict[str, Any] | None = None)
     share = record["clean_images"]
     unlearning = min(record["unlearning"]["epochs"], config.unlearning_epochs)
     epochs = unlearning + config.recovering_epochs
-    passes = f"{unlearning} unlearning + {config.recovering_epochs} mask-recovery epochs on {share} images + pruning sweep"
+    passes = f"{unlearning} unlearning + {config.recovering_epochs} mask-recovery epochs on {share} images"
+    passes += " + pruning sweep"
     return Budget(passes, epochs * epoch_steps(share, config.batch_size), epochs * share, images)
 
 
