@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from .defended import (
     CURVE_IMAGES,
-    TSBD_RUNS,
     Defended,
     defended_model,
     defense_context,
@@ -73,7 +72,6 @@ __all__ = [
     "oracle_label",
     "oracle_runs",
     "unlearning_seconds",
-    "TSBD_RUNS",
     "Backdoored",
     "Defended",
     "METRICS",

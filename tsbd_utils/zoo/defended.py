@@ -27,11 +27,6 @@ from .trained import backdoored_model, cached_model, unlearned_model
 # of the cached models' keys, so every notebook that reads those runs asks with the same value.
 CURVE_IMAGES = 500
 
-# The labels of TSBD's runs in the tables: the faithful defense, its same-budget control (stage 1, then
-# the same loop with alpha = 0), and the two labelled variants with the photometric lift of the clean images.
-TSBD_RUNS = ("TSBD", "vanilla FT", "TSBD + lift", "vanilla FT + lift")
-
-
 @dataclass
 class Defended:
     """A defended model, the defense's record (per-epoch curves included) and its provenance."""
@@ -134,7 +129,7 @@ def defended_model(session: Session, name: str, defense: str, config: Any = None
 
 
 def tsbd_runs(session: Session, name: str, config: TSBDConfig | None = None) -> dict[str, Defended]:
-    """Notebook 05's four stage-2 runs on attack ``name`` (labels: :data:`TSBD_RUNS`), all from the same
+    """Notebook 05's four stage-2 runs on attack ``name``, by table label, all from the same
     stage-1 model: faithful TSBD, vanilla fine-tuning through TSBD's loop (``alpha = 0``, the same epochs
     and clean images: the same-budget control), and both with the photometric lift of the clean images
     (:class:`~tsbd_utils.shortcut.PhotometricConfig`'s defaults), a labelled variant. Cached."""
