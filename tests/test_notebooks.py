@@ -25,6 +25,9 @@ REQUIRED_PARAMETERS = {  # every notebook declares these (reproduce.py passes th
 }
 
 ALL_ATTACKS = ["badnets", "blended", "inputaware", "lf", "sig", "ssba", "trojan", "wanet"]
+ABLATION_TABLES = ["n_stage1", "n_choices_stage1", "n_stage2", "n_choices_stage2", "m_r_alpha", "reinit_schemes",
+                   "finetune_schemes", "data_ratios", "nwc_fp", "seed_spread"]  # notebook 08's exports
+OFFICIAL_N = [0.01, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 0.9]
 
 # What each notebook must write in the smoke profile: figure slugs, and checks on its results.
 EXPECTED: dict[str, dict] = {
@@ -220,7 +223,42 @@ EXPECTED: dict[str, dict] = {
             and r["provenance"]["profile"] == "smoke"
         ),
     },
+    "08": {
+        "figures": ["n_stage1", "n_stage2", "m_r_alpha", "reinit_schemes", "finetune_schemes", "data_ratios",
+                    "nwc_fp", "seed_spread"],
+        "files": [f"08_{part}.csv" for part in ABLATION_TABLES],
+        "results": lambda r: (
+            set(r["tables"]) == set(ABLATION_TABLES) and r["files"] == [f"08_{p}.csv" for p in ABLATION_TABLES]
+            # stage 1 alone: all eight attacks at the eleven values of the official sweep
+            and len(r["tables"]["n_stage1"]) == 8 * 11
+            and {row["attack"] for row in r["tables"]["n_stage1"]} == set(TITLES)
+            and all(row["rule n"] in OFFICIAL_N for row in r["tables"]["n_choices_stage1"])
+            # after stage 2: the plan's n plus the profile's 0.25; three choices per attack, the oracle labelled
+            and {row["n"] for row in r["tables"]["n_stage2"]} >= {0.1, 0.25}
+            and [row["choice"] for row in r["tables"]["n_choices_stage2"]] == [
+                "profile's n (clean rule, 8 models)", "this model's clean-rule n", "oracle n (test set)"]
+            and r["tables"]["n_choices_stage2"][0]["n"] == 0.25
+            and {(row["setting"], row["value"]) for row in r["tables"]["m_r_alpha"]}
+            == {("m", 0.7), ("m", 1.0), ("r", 0.05), ("r", 0.2), ("alpha", 0.0), ("alpha", 0.7)}
+            and len(r["tables"]["reinit_schemes"]) == 3 * 2
+            # TSBD and the random re-draw reset the same weights; whole neurons more
+            and len({r_["weights reset"] for r_ in r["tables"]["reinit_schemes"] if "whole" not in r_["scheme"]}) == 1
+            and min(row["weights reset"] for row in r["tables"]["reinit_schemes"] if "whole" in row["scheme"])
+            > max(row["weights reset"] for row in r["tables"]["reinit_schemes"] if "whole" not in row["scheme"])
+            and len(r["tables"]["finetune_schemes"]) == 2 * 2 * 3 - 1
+            and {(row["part"], row["ratio"]) for row in r["tables"]["data_ratios"]}
+            == {("clean share", 0.05), ("clean share", 0.1), ("poisoning ratio", 0.05), ("poisoning ratio", 0.1)}
+            and [row["clean images"] for row in r["tables"]["data_ratios"]][:2] == [100, 200]
+            and len(r["tables"]["nwc_fp"]) == 2 * 8
+            and {row["seed"] for row in r["tables"]["seed_spread"]} == {0, 1}
+            and len(r["best_baselines"]) == 2 and "tsbd" not in r["best_baselines"]
+            and all(0 <= row[m] <= 1 for t in ("n_stage2", "m_r_alpha", "nwc_fp", "seed_spread")
+                    for row in r["tables"][t] for m in ("ACC", "ASR", "DER"))
+            and any("Blended" in line for line in r["left_out"])
+        ),
+    },
 }
+
 
 TITLES = ["BadNets", "Blended", "Input-aware", "LF", "SIG", "SSBA", "Trojan", "WaNet"]
 

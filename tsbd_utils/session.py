@@ -11,6 +11,7 @@ sessions (say, two profiles in one test run) never see each other.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import subprocess
@@ -127,6 +128,15 @@ class Session:
             },
         }
         return write_json(self.run_dir / f"{self.notebook}_results.json", value)
+
+    def variant(self, *, seed: int | None = None, **profile: Any) -> Session:
+        """This session (its notebook, cache, device and folders) with another ``seed`` and / or profile settings
+        (:func:`~tsbd_utils.config.resolve`'s overrides, such as ``clean_ratio=0.01``). The zoo keys what it
+        computes under a variant by the changed settings, so a variant never reads another's models."""
+        seed = self.seed if seed is None else seed
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        return dataclasses.replace(self, seed=seed, profile=resolve(self.profile, **profile), _splits=None)
 
     def describe(self) -> str:
         p = self.profile

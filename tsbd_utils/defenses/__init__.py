@@ -12,7 +12,7 @@ class and the defend function, called directly or run on a :class:`DefenseContex
 from __future__ import annotations
 
 from .base import DEFENSE_CONFIGS, DEFENSES, Budget, Defense, DefenseContext, DefenseResult, DefenseSpec, config_for
-from .tsbd import ActivenessAwareStep, TSBDConfig, activeness_aware_finetune, zero_reinit
+from .tsbd import REINIT_SCHEMES, ActivenessAwareStep, TSBDConfig, activeness_aware_finetune, reinitialize, zero_reinit
 from .ft import FTConfig
 from .fp import FPConfig
 from .nad import NADConfig
@@ -35,6 +35,8 @@ __all__ = [
     "ActivenessAwareStep",
     "TSBDConfig",
     "activeness_aware_finetune",
+    "REINIT_SCHEMES",
+    "reinitialize",
     "zero_reinit",
     "FTConfig",
     "FPConfig",

@@ -9,6 +9,10 @@ of the original paper. Features are ranked by their mean activation on the clean
 pruned in ascending order, ``prune_step`` (1%) of them per step, by masking the head's weight
 columns; the mask stays on during fine-tuning.
 
+NWC-FP (the TSBD paper's Figure 8, notebook 08): the same pruning and fine-tuning, with the features ranked by
+the neuron weight change of the conv layer that produces them (:func:`nwc_order`, largest first) instead of
+their activation: ``defend(..., order=nwc_order(model, unlearned))``.
+
 How much to prune. BackdoorBench stops at the last step whose *test* accuracy stays within 10%
 (relative) of the unpruned model's: a test-set choice. The suite's default asks the same of the
 accuracy on the defender's clean images (``choice="clean"``); ``choice="oracle"`` with
@@ -38,6 +42,7 @@ from torch.nn.utils import prune
 from .. import metrics
 from ..config import Profile
 from ..data import DatasetSpec, ImageData
+from ..observations import neuron_weight_change, nwc_layers
 from .base import Budget, DefenseResult, DefenseSpec, register
 from .common import PRUNING_CHOICES, FineTuning, OracleData, check_choice, fine_tune, select_amount, working_copy
 from ..settings import check_types, replace_checked, settings
@@ -85,6 +90,21 @@ def head_inputs(model: nn.Module, images: torch.Tensor, device: str | torch.devi
     return torch.cat(captured) if captured else torch.empty(0)
 
 
+def nwc_order(model: nn.Module, unlearned: nn.Module) -> torch.Tensor:
+    """The head's input features, largest neuron weight change first: NWC-FP's pruning order.
+
+    Each input of the final linear layer is one channel of the last conv layer (pooled), so its NWC is that
+    channel's L1 weight change from ``model`` to ``unlearned`` (clean unlearning, TSBD's stage 1).
+    """
+    head = head_of(model)
+    modules = dict(model.named_modules())
+    convs = [name for name in nwc_layers(model) if modules[name].out_channels == head.in_features]
+    if not convs:
+        raise ValueError(f"no conv layer of this model has {head.in_features} output channels, one per head input")
+    nwc = neuron_weight_change(model, unlearned, [convs[-1]])[convs[-1]]
+    return torch.argsort(nwc, descending=True, stable=True)
+
+
 def _predict_pruned(head: nn.Linear, features: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     # Masking the head's weight columns = zeroing those features: one matrix product per step
     # instead of a forward pass of the whole network per step.
@@ -101,16 +121,25 @@ def defend(
     seed: int,
     device: str | torch.device = "cpu",
     oracle: OracleData | None = None,
+    order: torch.Tensor | None = None,
     progress: bool = False,
 ) -> DefenseResult:
-    """Prune the head's least active inputs of a copy of ``model``, then fine-tune it."""
+    """Prune the head's least active inputs of a copy of ``model``, then fine-tune it.
+
+    ``order`` (all the head's input features, first pruned first) replaces the ranking by activation: NWC-FP
+    passes :func:`nwc_order`.
+    """
     config = config or FPConfig()
     check_choice(config.choice, oracle)
+    head = head_of(model)
+    if order is not None and sorted(order.tolist()) != list(range(head.in_features)):
+        raise ValueError(f"order must be a permutation of the head's {head.in_features} input features")
     repaired = working_copy(model, device)
     head = head_of(repaired)
     clean_feats = head_inputs(repaired, clean.x, device)
     activation = clean_feats.mean(0)
-    order = torch.argsort(activation)  # least active first
+    ranking = "activation" if order is None else "given"
+    order = torch.argsort(activation) if order is None else order.cpu()  # default: least active first
     n_features = len(order)
     step = max(1, round(config.prune_step * n_features))
     if config.choice == "oracle":
@@ -139,6 +168,7 @@ def defend(
         "pruned_share": pruned / n_features,
         "choice": config.choice,
         "activation": activation.tolist(),
+        **({"order": order.tolist()} if ranking == "given" else {}),
         "sweep": rows,
         "epochs": config.finetune.epochs,
         "history": history.to_dict(),

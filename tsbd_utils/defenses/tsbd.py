@@ -40,17 +40,27 @@ from ..training import BatchTransform, History, epoch_steps, train
 from .activeness import ActivenessAwareStep, CopyingActivenessAwareStep
 from .base import Budget, DefenseResult, DefenseSpec, register
 from .common import capped_epochs
-from .reinit import DISRUPTION, OFFICIAL_SWEEP, choose_neuron_ratio, top_neurons, zero_reinit
+from .reinit import (
+    DISRUPTION,
+    OFFICIAL_SWEEP,
+    REINIT_SCHEMES,
+    choose_neuron_ratio,
+    reinitialize,
+    top_neurons,
+    zero_reinit,
+)
 
 __all__ = [  # stage 1 and the stage-2 step live in .reinit and .activeness; importable from here as before
     "DISRUPTION",
     "OFFICIAL_SWEEP",
+    "REINIT_SCHEMES",
     "ActivenessAwareStep",
     "CopyingActivenessAwareStep",
     "TSBDConfig",
     "activeness_aware_finetune",
     "choose_neuron_ratio",
     "defend",
+    "reinitialize",
     "top_neurons",
     "zero_reinit",
 ]
@@ -159,15 +169,19 @@ def defend(
     unlearned: Unlearned | None = None,
     eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
     batch_transform: BatchTransform | None = None,
+    reinit: str = "zero",
     progress: bool = False,
 ) -> DefenseResult:
     """TSBD on ``model`` with the defender's ``clean`` images; ``model`` is left as it was.
 
     ``unlearned`` reuses a clean-unlearning run of the same model (notebooks cache it); otherwise
     stage 1 runs it here. ``batch_transform`` is passed to stage 2 only (see
-    :func:`activeness_aware_finetune`): a labelled variant, not the official method.
+    :func:`activeness_aware_finetune`): a labelled variant, not the official method. ``reinit`` names
+    stage 1's scheme (:data:`~tsbd_utils.defenses.reinit.REINIT_SCHEMES`; ``"zero"`` is TSBD's, the others
+    are the ablations of notebook 08).
     """
     config = config or TSBDConfig()
+    REINIT_SCHEMES.check(reinit)  # a typo fails before the unlearning, not after it
     if unlearned is None:
         unlearned = clean_unlearn(
             model,
@@ -177,7 +191,9 @@ def defend(
             device=device,
             config=dataclasses.replace(config.unlearn, batch_size=config.batch_size),
         )
-    repaired, stage1 = zero_reinit(model, unlearned.model, config.neuron_ratio, config.weight_ratio)
+    repaired, stage1 = reinitialize(
+        model, unlearned.model, config.neuron_ratio, config.weight_ratio, reinit, seed=seed
+    )
     history = activeness_aware_finetune(
         repaired,
         clean,

@@ -7,7 +7,8 @@ One module per job:
 * :mod:`.defended`: TSBD and the baselines run on the backdoored models (notebooks 05, 06);
 * :mod:`.evaluation`: ACC / ASR / RA on the evaluation images, and the per-attack table;
 * :mod:`.triggers`: what NC and i-BAU find, beside the real trigger (notebook 06);
-* :mod:`.table1`: the runs behind Table 1 and its labelled extras, and their budgets (notebook 07).
+* :mod:`.table1`: the runs behind Table 1 and its labelled extras, and their budgets (notebook 07);
+* :mod:`.ablations`: TSBD with one part changed at a time, NWC-FP and the two choices of n (notebook 08).
 
 Example:
     >>> from tsbd_utils import session, zoo
@@ -54,11 +55,13 @@ from .table1 import (
     oracle_runs,
     unlearning_seconds,
 )
-from .keys import backdoor_fields, clean_fields, evaluation_key, model_fields, unlearn_config
+from . import ablations
+from .keys import backdoor_fields, clean_fields, defender_fields, evaluation_key, model_fields, unlearn_config
 from .triggers import ibau_perturbation, nc_reversed_trigger, trigger_residual
 from .trained import Backdoored, Trained, attack_context, backdoored_model, clean_model, on_device, unlearned_model
 
 __all__ = [
+    "ablations",
     "BASELINES",
     "CURVE_IMAGES",
     "FLOOR",
@@ -82,6 +85,7 @@ __all__ = [
     "backdoored_model",
     "by_attack",
     "clean_fields",
+    "defender_fields",
     "clean_model",
     "curve_eval",
     "defended_model",

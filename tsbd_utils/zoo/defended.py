@@ -14,12 +14,13 @@ from typing import Any
 from torch import nn
 
 from ..config import resolve
-from ..defenses import DEFENSES, DefenseContext, DefenseResult, FineTuning, TSBDConfig
+from ..attacks import AttackConfig
+from ..defenses import DEFENSES, REINIT_SCHEMES, DefenseContext, DefenseResult, FineTuning, TSBDConfig
 from ..unlearning import UNLEARN_MODES
 from ..session import Session
 from ..shortcut import PhotometricConfig, PhotometricLift
 from .evaluation import curve_eval, oracle_data
-from .keys import model_fields, unlearn_config
+from .keys import defender_fields, model_fields, unlearn_config
 from .trained import backdoored_model, cached_model, unlearned_model
 
 
@@ -66,6 +67,9 @@ def tsbd_model(
     ranking: str = "clean",
     photometric: PhotometricConfig | None = None,
     progress: bool = False,
+    *,
+    reinit: str = "zero",
+    attack_config: AttackConfig | None = None,
 ) -> Defended:
     """TSBD (or, with ``alpha=0``, stage 1 + vanilla fine-tuning) on attack ``name``'s model; cached.
 
@@ -75,20 +79,24 @@ def tsbd_model(
     > 0`` records ACC / ASR on subsets of that many images after every stage-2 epoch (in the record).
     ``photometric`` fine-tunes with :class:`~tsbd_utils.shortcut.PhotometricLift` on the clean images:
     a labelled variant that tests the background-shortcut explanation, not TSBD as published.
+    ``reinit`` names stage 1's scheme (:data:`~tsbd_utils.defenses.REINIT_SCHEMES`; ``"zero"`` is TSBD's)
+    and ``attack_config`` the backdoored model (:func:`.trained.backdoored_model`; notebook 08's
+    poisoning ratios).
     """
     if ranking not in UNLEARN_MODES:
         raise ValueError(f"unknown ranking {ranking!r}; allowed: {', '.join(UNLEARN_MODES)}")
+    REINIT_SCHEMES.check(reinit)
     config = config or TSBDConfig.for_profile(session.profile)
-    bd = backdoored_model(session, name, progress=progress)
+    bd = backdoored_model(session, name, attack_config, progress=progress)
 
     def run() -> DefenseResult:
         # Only on a cache miss: a cached TSBD model needs neither the unlearned model nor a run.
         unlearn = config.unlearn if ranking == "clean" else unlearn_config(session.profile, "poison")
-        unlearned = unlearned_model(session, name, ranking, unlearn, progress=progress)
+        unlearned = unlearned_model(session, name, ranking, unlearn, progress=progress, attack_config=attack_config)
         eval_fn = curve_eval(session, bd.attack, curve_size) if curve_size > 0 else None
         context = defense_context(session, progress, eval_fn=eval_fn)
         lift = PhotometricLift(photometric) if photometric is not None else None
-        return DEFENSES["tsbd"].run(bd.model, context, config, unlearned=unlearned, batch_transform=lift)
+        return DEFENSES["tsbd"].run(bd.model, context, config, unlearned=unlearned, batch_transform=lift, reinit=reinit)
 
     fields = model_fields(
         session,
@@ -99,12 +107,15 @@ def tsbd_model(
         curve_size=curve_size,
         **({"ranking": ranking} if ranking != "clean" else {}),  # TSBD's own entries keep their keys
         **({"photometric": photometric} if photometric is not None else {}),
+        **({"reinit": reinit} if reinit != "zero" else {}),
+        **defender_fields(session),
     )
     return _defended_cached(session, fields, run)
 
 
 def defended_model(session: Session, name: str, defense: str, config: Any = None, progress: bool = False) -> Defended:
-    """Defense ``defense`` (a key of ``DEFENSES``) on attack ``name``'s model; cached.
+    """Defense ``defense`` (a key of ``DEFENSES``) on attack ``name``'s model; cached (a session with another
+    clean share, :meth:`~tsbd_utils.session.Session.variant`, has its own entries).
 
     ``config`` defaults to the profile's (``DEFENSES[defense].for_profile``). A config whose
     ``choice`` is ``"oracle"`` gets the test set (:func:`.evaluation.oracle_data`). Notebooks use
@@ -123,7 +134,14 @@ def defended_model(session: Session, name: str, defense: str, config: Any = None
     p = session.profile
     oracle_key = {"oracle_images": [p.test_size, p.eval_size]} if oracle else {}
     fields = model_fields(
-        session, "defended", attack=name, attack_config=bd.attack.config, defense=defense, config=config, **oracle_key
+        session,
+        "defended",
+        attack=name,
+        attack_config=bd.attack.config,
+        defense=defense,
+        config=config,
+        **oracle_key,
+        **defender_fields(session),
     )
     return _defended_cached(session, fields, run)
 

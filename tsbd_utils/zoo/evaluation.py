@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .. import metrics
-from ..attacks import Attack
+from ..attacks import Attack, AttackConfig
 from ..data import ImageData, seeded_subset
 from ..defenses import OracleData
 from ..session import Session
@@ -63,9 +63,10 @@ def evaluate_cached(session: Session, fields: dict[str, Any], model: nn.Module, 
     return session.cache.get_or_compute("evaluation", key, lambda: evaluate(session, model, attack))
 
 
-def backdoor_evaluation(session: Session, name: str) -> dict[str, float]:
-    """:func:`evaluate` of attack ``name``'s backdoored model, cached (the 'before' of every defense)."""
-    bd = backdoored_model(session, name, progress=False)
+def backdoor_evaluation(session: Session, name: str, attack_config: AttackConfig | None = None) -> dict[str, float]:
+    """:func:`evaluate` of attack ``name``'s backdoored model (``attack_config``: another than the default,
+    :func:`.trained.backdoored_model`), cached (the 'before' of every defense)."""
+    bd = backdoored_model(session, name, attack_config, progress=False)
     return evaluate_cached(session, backdoor_fields(session, name, bd.attack.config), bd.model, bd.attack)
 
 
@@ -105,10 +106,15 @@ def curve_eval(session: Session, attack: Attack, size: int):
     return eval_fn
 
 
-def oracle_data(session: Session, attack: Attack) -> OracleData:
-    """The test data a labelled *oracle* pruning choice reads (BackdoorBench's FP, ANP, RNP): the
-    images of :func:`evaluation_set`, so the oracle sees exactly what the reported ASR is measured on."""
+def oracle_data(session: Session, attack: Attack, size: int | None = None) -> OracleData:
+    """The test data a labelled *oracle* choice reads (BackdoorBench's FP, ANP, RNP; notebook 08's oracle n): the
+    images of :func:`evaluation_set`, so the oracle sees exactly what the reported ASR is measured on
+    (``size``: only its first ``size`` images, a seeded random subset, for sweeps of many models)."""
     test = evaluation_set(session)
+    if size is not None:
+        if not (isinstance(size, int) and size > 0):
+            raise ValueError(f"size must be None or an int > 0, got {size!r}")
+        test = test.head(min(size, len(test)))
     x_bd, _ = attack.backdoor_test(test)
     return OracleData(test.x, test.y, x_bd, attack.config.target)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import Profile
+from ..config import PROFILES, Profile
 from ..unlearning import UnlearnConfig
 from ..session import Session
 
@@ -33,6 +33,14 @@ def model_fields(session: Session, role: str, **extra: Any) -> dict[str, Any]:
         "seed": session.seed,
         **extra,
     }
+
+
+def defender_fields(session: Session) -> dict[str, Any]:
+    """What the defender's clean images add to the key of a model computed from them (unlearning, a defense):
+    their share of the training set, where it is not the profile's own (so the profiles' keys stay as they
+    were). The clean subset does not shape the clean or backdoored models, whose keys leave it out."""
+    p = session.profile
+    return {} if p.clean_ratio == PROFILES[p.name].clean_ratio else {"clean_ratio": p.clean_ratio}
 
 
 def clean_fields(session: Session, train_seed: int | None = None) -> dict[str, Any]:

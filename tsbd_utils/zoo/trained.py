@@ -18,7 +18,7 @@ from ..models import count_parameters, model_for
 from ..session import Session
 from ..training import History, channels_last_safe, train
 from ..unlearning import UNLEARN_MODES, UnlearnConfig, Unlearned, clean_unlearn, poison_unlearn
-from .keys import backdoor_fields, clean_fields, model_fields, unlearn_config
+from .keys import backdoor_fields, clean_fields, defender_fields, model_fields, unlearn_config
 
 
 @dataclass
@@ -153,17 +153,24 @@ def backdoored_model(
 
 
 def unlearned_model(
-    session: Session, name: str, mode: str = "clean", config: UnlearnConfig | None = None, progress: bool = False
+    session: Session,
+    name: str,
+    mode: str = "clean",
+    config: UnlearnConfig | None = None,
+    progress: bool = False,
+    *,
+    attack_config: AttackConfig | None = None,
 ) -> Unlearned:
     """The backdoored model of attack ``name`` after clean or poison unlearning; cached.
 
     ``mode="clean"``: TSBD's clean unlearning on the defender's clean subset (accuracy <= 10%).
     ``mode="poison"``: Observation 1's ascent on the backdoor test images with the target label
-    (ASR <= 5%). ``config`` defaults to the profile's (:func:`.keys.unlearn_config`).
+    (ASR <= 5%). ``config`` defaults to the profile's (:func:`.keys.unlearn_config`);
+    ``attack_config`` picks the backdoored model (:func:`backdoored_model`).
     """
     if mode not in UNLEARN_MODES:
         raise ValueError(f"unknown unlearning mode {mode!r}; allowed: {', '.join(UNLEARN_MODES)}")
-    bd = backdoored_model(session, name, progress=progress)
+    bd = backdoored_model(session, name, attack_config, progress=progress)
     config = config or unlearn_config(session.profile, mode)
     splits, p = session.splits, session.profile
 
@@ -187,8 +194,16 @@ def unlearned_model(
     # Poison unlearning trains on the backdoor *test* images, so a test subset is part of its key (absent
     # for the whole split, which keeps the keys of the cached quick and paper models).
     test_key = {"test_size": p.test_size} if mode == "poison" and p.test_size is not None else {}
+    clean_key = defender_fields(session) if mode == "clean" else {}
     fields = model_fields(
-        session, "unlearned", attack=name, attack_config=bd.attack.config, mode=mode, unlearn=config, **test_key
+        session,
+        "unlearned",
+        attack=name,
+        attack_config=bd.attack.config,
+        mode=mode,
+        unlearn=config,
+        **test_key,
+        **clean_key,
     )
     model, extras, info = _train_cached(session, fields, train_one)
     history = History.from_dict(extras["history"])

@@ -1,0 +1,273 @@
+"""Notebook 08's runs: TSBD with one part changed at a time, NWC-FP, and stage 1 across n; all cached.
+
+Every variant is TSBD as notebook 05 runs it (:func:`.defended.tsbd_runs`) with one thing changed: a
+setting of :class:`~tsbd_utils.defenses.TSBDConfig`, the reinitialization scheme, the photometric lift,
+the backdoored model (another poisoning ratio), or the session (another clean share or seed, through
+:meth:`~tsbd_utils.session.Session.variant`). The unchanged run is notebook 05's own cache entry.
+
+Two choices of n sit side by side, and only one of them is open to a defender. :func:`stage1_clean` reads
+the defender's clean images alone (the clean rule, :func:`~tsbd_utils.defenses.reinit.choose_neuron_ratio`);
+:func:`stage1_test` and :func:`oracle_scores` read the test set, and only through :func:`.evaluation.oracle_data`,
+the labelled oracle path (:func:`~tsbd_utils.defenses.reinit.oracle_neuron_ratio`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .. import metrics
+from ..atomic import atomic_path
+from ..attacks import ATTACKS, AttackConfig
+from ..config import Profile
+from ..defenses import DEFENSES, REINIT_SCHEMES, TSBDConfig, zero_reinit
+from ..defenses.common import clean_accuracy
+from ..defenses.fp import nwc_order
+from ..defenses.reinit import OFFICIAL_SWEEP
+from ..session import Session
+from ..settings import check_types, replace_checked, require, settings
+from ..shortcut import PhotometricConfig
+from .defended import CURVE_IMAGES, Defended, _defended_cached, defense_context, tsbd_model
+from .evaluation import backdoor_evaluation, evaluate_cached, oracle_data
+from .keys import backdoor_fields, defender_fields, model_fields, unlearn_config
+from .trained import backdoored_model, unlearned_model
+
+
+@settings
+class AblationPlan:
+    """What notebook 08 runs: the attacks of each part and the values of each sweep (the profile's defaults:
+    :meth:`for_profile`; quick fits 30 minutes on 2 CPU cores, paper is the full grid)."""
+
+    attacks: tuple[str, ...]  # the parts that fine-tune: n after stage 2, m / r / alpha, schemes, clean share
+    n_values: tuple[float, ...]  # n after stage 2 (the profile's n is always added)
+    m_values: tuple[float, ...]
+    r_values: tuple[float, ...]
+    alpha_values: tuple[float, ...]
+    clean_ratios: tuple[float, ...]  # the defender's clean share of the training set
+    poison_attacks: tuple[str, ...]
+    poison_ratios: tuple[float, ...]  # new backdoored models, except the attacks' default (10%)
+    seed_attacks: tuple[str, ...]
+    seeds: tuple[int, ...]  # each a whole new run: training subset, poisoning, model, defender's images
+    sweep_images: int  # test images per subset behind stage 1's sweep of n (all 8 attacks x 11 values)
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        for name in ("attacks", "poison_attacks", "seed_attacks"):
+            for attack in getattr(self, name):
+                ATTACKS.check(attack)
+        unit = {"n_values": (0, 1), "m_values": (0, 1), "alpha_values": (0, 1), "clean_ratios": (0, 1),
+                "poison_ratios": (0, 1), "r_values": (0, float("inf"))}
+        for name, (low, high) in unit.items():
+            values = getattr(self, name)
+            numbers = isinstance(values, tuple) and values and all(isinstance(v, float | int) for v in values)
+            require(
+                numbers and all(low <= v <= high for v in values),
+                f"AblationPlan.{name} must be a non-empty tuple of numbers in [{low}, {high}], got {values!r}",
+            )
+        require(
+            all(0 < v < 1 for v in self.clean_ratios + self.poison_ratios),
+            f"clean and poisoning ratios must be in (0, 1), got {self.clean_ratios!r} and {self.poison_ratios!r}",
+        )
+        require(
+            isinstance(self.seeds, tuple) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                                  for s in self.seeds),
+            f"AblationPlan.seeds must be a tuple of ints >= 0, got {self.seeds!r}",
+        )
+        require(self.sweep_images > 0, f"sweep_images must be > 0, got {self.sweep_images!r}")
+
+    @classmethod
+    def for_profile(cls, profile: Profile, **overrides: Any) -> AblationPlan:
+        """The profile's plan with ``overrides`` (None keeps the default; lists become tuples). Its n values
+        always hold the profile's n, the run of notebook 05."""
+        base = cls(**_PLANS[profile.name])
+        changes = {k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items() if v is not None}
+        plan = replace_checked(base, **changes)
+        n_values = tuple(sorted(set(plan.n_values) | {profile.tsbd_neuron_ratio}))
+        return dataclasses.replace(plan, n_values=n_values)
+
+
+_PAPER_FOUR = ("badnets", "blended", "lf", "ssba")  # the attacks of the paper's Tables 3 and 4
+_PLANS: dict[str, dict[str, Any]] = {
+    "smoke": dict(attacks=("badnets",), n_values=(0.1,), m_values=(0.7, 1.0), r_values=(0.05, 0.2),
+                  alpha_values=(0.0, 0.7), clean_ratios=(0.05, 0.1), poison_attacks=("badnets",),
+                  poison_ratios=(0.05, 0.1), seed_attacks=("badnets",), seeds=(0, 1), sweep_images=200),
+    "quick": dict(attacks=("badnets",), n_values=(0.1, 0.4, 0.5), m_values=(0.5, 0.7, 1.0),
+                  r_values=(0.01, 0.05, 0.2), alpha_values=(0.0, 0.7, 1.0), clean_ratios=(0.01, 0.05, 0.1),
+                  poison_attacks=("badnets",), poison_ratios=(0.01, 0.05, 0.1), seed_attacks=("badnets",),
+                  seeds=(0, 1, 2), sweep_images=1000),
+    "paper": dict(attacks=_PAPER_FOUR, n_values=OFFICIAL_SWEEP[:-2], m_values=(0.3, 0.5, 0.7, 0.9, 1.0),
+                  r_values=(0.01, 0.02, 0.05, 0.1, 0.2), alpha_values=(0.0, 0.3, 0.5, 0.7, 0.9, 1.0),
+                  clean_ratios=(0.01, 0.02, 0.05, 0.1), poison_attacks=("badnets", "blended"),
+                  poison_ratios=(0.01, 0.05, 0.1), seed_attacks=_PAPER_FOUR, seeds=(0, 1, 2), sweep_images=2000),
+}
+
+
+def tsbd_variant(
+    session: Session,
+    name: str,
+    *,
+    lift: bool = False,
+    reinit: str = "zero",
+    attack_config: AttackConfig | None = None,
+    progress: bool = False,
+    **changes: Any,
+) -> Defended:
+    """TSBD on attack ``name`` with ``changes`` to the profile's :class:`TSBDConfig` (``alpha=0``: vanilla
+    fine-tuning; ``epochs=0``: stage 1 alone; ``neuron_ratio=0``: no stage 1), ``lift`` (the photometric lift
+    of notebook 05), another stage-1 scheme or another backdoored model; cached. Asked as notebook 05 asks
+    (per-epoch curves, except with the lift), so the unchanged runs are its entries."""
+    config = replace_checked(TSBDConfig.for_profile(session.profile), **changes)
+    return tsbd_model(
+        session,
+        name,
+        config,
+        curve_size=0 if lift else CURVE_IMAGES,
+        photometric=PhotometricConfig() if lift else None,
+        progress=progress,
+        reinit=REINIT_SCHEMES.check(reinit),
+        attack_config=attack_config,
+    )
+
+
+def nwc_fp_model(session: Session, name: str, progress: bool = False) -> Defended:
+    """NWC-FP on attack ``name``: FP (the profile's config) pruning the head's inputs by their neuron weight
+    change under TSBD's clean unlearning, largest first, instead of by activation; cached."""
+    spec = DEFENSES["fp"]
+    config = spec.for_profile(session.profile)
+    bd = backdoored_model(session, name, progress=progress)
+
+    def run():
+        unlearned = unlearned_model(session, name, "clean", progress=progress)
+        order = nwc_order(bd.model, unlearned.model)
+        return spec.run(bd.model, defense_context(session, progress), config, order=order)
+
+    fields = model_fields(
+        session, "defended", attack=name, attack_config=bd.attack.config, defense="fp", config=config,
+        order="nwc", **defender_fields(session),
+    )
+    return _defended_cached(session, fields, run)
+
+
+def _sweep_key(session: Session, name: str, ratios: Sequence[float], weight_ratio: float) -> dict[str, Any]:
+    bd = backdoored_model(session, name, progress=False)
+    return {
+        "stage1_of": backdoor_fields(session, name, bd.attack.config),
+        "unlearn": unlearn_config(session.profile, "clean"),
+        "ratios": [float(r) for r in ratios],
+        "weight_ratio": float(weight_ratio),
+        **defender_fields(session),
+    }
+
+
+def _stage1_models(session: Session, name: str, ratios: Sequence[float], weight_ratio: float):
+    bd = backdoored_model(session, name, progress=False)
+    unlearned = unlearned_model(session, name, "clean")
+    return bd, ((float(n), zero_reinit(bd.model, unlearned.model, n, weight_ratio)[0]) for n in ratios)
+
+
+def stage1_clean(
+    session: Session, name: str, ratios: Sequence[float] = OFFICIAL_SWEEP, weight_ratio: float = 0.7
+) -> dict[str, Any]:
+    """Accuracy on the defender's clean images before stage 1 (``"before"``) and right after it at each n
+    (``"after"``: ``[[n, acc], ...]``): all the clean rule of n may read. No test image is touched. Cached."""
+
+    def compute() -> dict[str, Any]:
+        clean, batch = session.splits.clean, session.profile.eval_batch_size
+        bd, stage1 = _stage1_models(session, name, ratios, weight_ratio)
+        after = [[n, clean_accuracy(model, clean, session.device, batch)] for n, model in stage1]
+        return {"before": clean_accuracy(bd.model, clean, session.device, batch), "after": after}
+
+    key = {**_sweep_key(session, name, ratios, weight_ratio), "on": "defender's clean images"}
+    return session.cache.get_or_compute("evaluation", key, compute)
+
+
+def stage1_test(
+    session: Session, name: str, ratios: Sequence[float] = OFFICIAL_SWEEP, weight_ratio: float = 0.7,
+    images: int = 1000,
+) -> dict[str, Any]:
+    """Test ACC and ASR before stage 1 (``"before"``: ``[acc, asr]``) and right after it at each n
+    (``"after"``: ``[[n, acc, asr], ...]``), on the first ``images`` of the evaluation images, read through the
+    labelled oracle path (:func:`.evaluation.oracle_data`): for the report and the oracle n only. Cached."""
+
+    def compute() -> dict[str, Any]:
+        bd, stage1 = _stage1_models(session, name, ratios, weight_ratio)
+        oracle = oracle_data(session, bd.attack, size=images)
+        batch = session.profile.eval_batch_size
+        after = [[n, *oracle.evaluate(model, session.device, batch)] for n, model in stage1]
+        return {"before": list(oracle.evaluate(bd.model, session.device, batch)), "after": after}
+
+    p = session.profile
+    key = {**_sweep_key(session, name, ratios, weight_ratio), "on": "test images (oracle)", "images": images,
+           "test_size": p.test_size, "eval_size": p.eval_size}
+    return session.cache.get_or_compute("evaluation", key, compute)
+
+
+def oracle_scores(
+    session: Session, name: str, runs: Mapping[float, Defended], attack_config: AttackConfig | None = None
+) -> tuple[tuple[float, float], dict[float, tuple[float, float]]]:
+    """Test (ACC, ASR) of the backdoored model and of each run (keyed by its n), read through the labelled
+    oracle path (:func:`.evaluation.oracle_data`, the whole evaluation set): the inputs of
+    :func:`~tsbd_utils.defenses.reinit.oracle_neuron_ratio` after stage 2. Cached."""
+    bd = backdoored_model(session, name, attack_config, progress=False)
+    oracle = oracle_data(session, bd.attack)
+    p = session.profile
+
+    def score(fields: dict[str, Any], model) -> tuple[float, float]:
+        def compute() -> dict[str, Any]:
+            acc, asr = oracle.evaluate(model, session.device, p.eval_batch_size)
+            return {"acc": acc, "asr": asr}
+
+        key = {"oracle_of": fields, "test_size": p.test_size, "eval_size": p.eval_size}
+        value = session.cache.get_or_compute("evaluation", key, compute)
+        return float(value["acc"]), float(value["asr"])
+
+    before = score(backdoor_fields(session, name, bd.attack.config), bd.model)
+    return before, {float(n): score(run.fields, run.model) for n, run in runs.items()}
+
+
+def variant_table(
+    session: Session, name: str, runs: Mapping[str, Defended], attack_config: AttackConfig | None = None
+) -> pd.DataFrame:
+    """One row per run (by label) on attack ``name``'s model (``attack_config``: another backdoored model):
+    ACC, ASR, RA and DER against that model, and the run's seconds; the first row is the backdoored model."""
+    bd = backdoored_model(session, name, attack_config, progress=False)
+    base = backdoor_evaluation(session, name, attack_config)
+    rows = [{"run": "no defense", "ACC": base["acc"], "ASR": base["asr"], "RA": base["ra"], "DER": 0.5,
+             "seconds": float("nan")}]
+    for label, run in runs.items():
+        ev = evaluate_cached(session, run.fields, run.model, bd.attack)
+        der = metrics.defense_effectiveness_rating(base["acc"], base["asr"], ev["acc"], ev["asr"])
+        rows.append({"run": label, "ACC": ev["acc"], "ASR": ev["asr"], "RA": ev["ra"], "DER": der,
+                     "seconds": run.info.get("compute_seconds", float("nan"))})
+    return pd.DataFrame(rows)
+
+
+def left_out(plan: AblationPlan, full: AblationPlan | None = None) -> list[str]:
+    """What ``plan`` leaves out of ``full`` (default: the paper profile's grid), in words, one line per part."""
+    full = full or AblationPlan(**_PLANS["paper"])
+    lines = []
+    for name, words in [("attacks", "attacks of the fine-tuning parts"), ("n_values", "n after stage 2"),
+                        ("m_values", "values of m"), ("r_values", "values of r"), ("alpha_values", "values of alpha"),
+                        ("clean_ratios", "clean shares"), ("poison_attacks", "attacks at other poisoning ratios"),
+                        ("poison_ratios", "poisoning ratios"), ("seed_attacks", "attacks of the seed spread"),
+                        ("seeds", "seeds")]:
+        missing = [v for v in getattr(full, name) if v not in getattr(plan, name)]
+        if missing:
+            shown = [ATTACKS[v].title if isinstance(v, str) else f"{v:g}" for v in missing]
+            lines.append(f"{words}: {', '.join(shown)}")
+    return lines
+
+
+def export(frames: Mapping[str, pd.DataFrame], directory: str | Path, prefix: str = "08_") -> list[Path]:
+    """Write each table as ``<prefix><name>.csv`` in ``directory``, atomically; return the paths."""
+    paths = []
+    for name, frame in frames.items():
+        path = Path(directory) / f"{prefix}{name}.csv"
+        with atomic_path(path) as tmp:
+            frame.to_csv(tmp, index=False)
+        paths.append(path)
+    return paths
