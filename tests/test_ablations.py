@@ -13,32 +13,7 @@ from tsbd_utils.defenses.fp import nwc_order
 from tsbd_utils.defenses.reinit import choose_neuron_ratio, oracle_neuron_ratio
 from tsbd_utils.zoo import ablations
 
-
-class TwoConvs(nn.Module):
-    """Two conv layers of two neurons (1x2x2 weights each) and a shortcut that stage 1 must skip."""
-
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Conv2d(1, 2, 2, bias=False)
-        self.b = nn.Conv2d(1, 2, 2, bias=False)
-        self.shortcut = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False))
-
-
-def _pair():
-    """All weights 1; changes: a0 by 4, -3, 2, -1 (NWC 10), a1 by 1 once (NWC 1), b0 by 2.5, 1.5, 0.6, -0.4
-    (NWC 5), b1 by 0.5 once (NWC 0.5), the shortcut by 100."""
-    original = TwoConvs()
-    with torch.no_grad():
-        for p in original.parameters():
-            p.fill_(1.0)
-    changed = copy.deepcopy(original)
-    with torch.no_grad():
-        changed.a.weight[0] += torch.tensor([4.0, -3.0, 2.0, -1.0]).view(1, 2, 2)
-        changed.a.weight[1, 0, 0, 0] += 1.0
-        changed.b.weight[0] += torch.tensor([2.5, 1.5, 0.6, -0.4]).view(1, 2, 2)
-        changed.b.weight[1, 0, 1, 1] -= 0.5
-        changed.shortcut[0].weight += 100.0
-    return original, changed
+from .test_tsbd import TwoConvs, _pair  # all weights 1; NWC a0 10, a1 1, b0 5, b1 0.5; the shortcut moves most
 
 
 # n = 0.5 of the 4 neurons: a0 and b0. Their 8 changes pooled; m = 0.5 keeps the top 4 (4, 3, 2.5, 2): the
