@@ -97,7 +97,7 @@ _PLANS: dict[str, dict[str, Any]] = {
                   poison_ratios=(0.05, 0.1), seed_attacks=("badnets",), seeds=(0, 1), sweep_images=200),
     "quick": dict(attacks=("badnets",), n_values=(0.1, 0.4, 0.5), m_values=(0.5, 0.7, 1.0),
                   r_values=(0.01, 0.05, 0.2), alpha_values=(0.0, 0.7, 1.0), clean_ratios=(0.01, 0.05, 0.1),
-                  poison_attacks=("badnets",), poison_ratios=(0.01, 0.05, 0.1), seed_attacks=("badnets",),
+                  poison_attacks=("badnets",), poison_ratios=(0.01, 0.1), seed_attacks=("badnets",),
                   seeds=(0, 1, 2), sweep_images=1000),
     "paper": dict(attacks=_PAPER_FOUR, n_values=OFFICIAL_SWEEP[:-2], m_values=(0.3, 0.5, 0.7, 0.9, 1.0),
                   r_values=(0.01, 0.02, 0.05, 0.1, 0.2), alpha_values=(0.0, 0.3, 0.5, 0.7, 0.9, 1.0),
