@@ -245,7 +245,7 @@ EXPECTED: dict[str, dict] = {
             and len({r_["weights reset"] for r_ in r["tables"]["reinit_schemes"] if "whole" not in r_["scheme"]}) == 1
             and min(row["weights reset"] for row in r["tables"]["reinit_schemes"] if "whole" in row["scheme"])
             > max(row["weights reset"] for row in r["tables"]["reinit_schemes"] if "whole" not in row["scheme"])
-            and len(r["tables"]["finetune_schemes"]) == 2 * 2 * 3 - 1
+            and len(r["tables"]["finetune_schemes"]) == 2 * 2 * 3 - 2  # no fine-tuning: nothing to lift
             and {(row["part"], row["ratio"]) for row in r["tables"]["data_ratios"]}
             == {("clean share", 0.05), ("clean share", 0.1), ("poisoning ratio", 0.05), ("poisoning ratio", 0.1)}
             and [row["clean images"] for row in r["tables"]["data_ratios"]][:2] == [100, 200]
