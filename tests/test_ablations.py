@@ -177,3 +177,11 @@ def test_the_clean_rule_never_reads_the_test_set_and_the_oracle_reads_it_only_th
     assert [row[1] for row in test["after"]] != [row[1] for row in truth["after"]]
     # the clean rule's input, asked again, comes back the same: it never depended on the test labels
     assert ablations.stage1_clean(s, "badnets", ratios) == clean
+
+
+def test_a_diverged_unlearning_is_named_not_silently_used():
+    original, changed = _pair()
+    with torch.no_grad():
+        changed.a.weight.fill_(float("nan"))
+    with pytest.warns(RuntimeWarning, match="non-finite weights"):
+        reinitialize(original, changed, 0.5, 0.5)

@@ -26,7 +26,7 @@ REQUIRED_PARAMETERS = {  # every notebook declares these (reproduce.py passes th
 
 ALL_ATTACKS = ["badnets", "blended", "inputaware", "lf", "sig", "ssba", "trojan", "wanet"]
 ABLATION_TABLES = ["n_stage1", "n_choices_stage1", "n_stage2", "n_choices_stage2", "m_r_alpha", "reinit_schemes",
-                   "finetune_schemes", "data_ratios", "nwc_fp", "seed_spread"]  # notebook 08's exports
+                   "finetune_schemes", "data_ratios", "nwc_fp", "seed_spread", "seed_stage1"]  # notebook 08's exports
 OFFICIAL_N = [0.01, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 0.9]
 
 # What each notebook must write in the smoke profile: figure slugs, and checks on its results.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -97,6 +98,10 @@ def reinitialize(
         raise ValueError(f"neuron_ratio {neuron_ratio!r} and weight_ratio {weight_ratio!r} must be in [0, 1]")
     layers = layers if layers is not None else nwc_layers(model)
     changes = weight_changes(model, unlearned, layers)
+    if not all(bool(torch.isfinite(changes[name]).all()) for name in layers):
+        # A diverged unlearning (NaN weights): every comparison with NaN is false, so nothing would be reset.
+        warnings.warn("the unlearned model has non-finite weights (its unlearning diverged): NWC is undefined and "
+                      "stage 1 resets no NaN-ranked weight", RuntimeWarning, stacklevel=2)
     chosen = top_neurons({name: changes[name].sum(1) for name in layers}, neuron_ratio)
     n_top = sum(len(rows) for rows in chosen.values())
     total = sum(len(changes[name]) for name in layers)

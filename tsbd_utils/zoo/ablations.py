@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from .. import metrics
 from ..atomic import atomic_path
@@ -150,6 +151,16 @@ def nwc_fp_model(session: Session, name: str, progress: bool = False) -> Defende
         order="nwc", **defender_fields(session),
     )
     return _defended_cached(session, fields, run)
+
+
+def unlearning_check(session: Session, name: str, attack_config: AttackConfig | None = None) -> dict[str, Any]:
+    """How stage 1's clean unlearning of attack ``name``'s model ended: its epochs, whether it met the stopping
+    rule (clean accuracy <= 10%), and whether its weights stayed finite. Gradient ascent can diverge: a model with
+    NaN weights predicts one class for everything, and when that class holds more than 10% of the clean images the
+    rule is never met (the run goes on to the cap); its NWC is NaN and stage 1 then resets nothing."""
+    run = unlearned_model(session, name, "clean", attack_config=attack_config)
+    finite = all(bool(torch.isfinite(p).all()) for p in run.model.parameters())
+    return {"unlearning epochs": run.epochs, "reached 10%": run.reached, "finite weights": finite}
 
 
 def _sweep_key(session: Session, name: str, ratios: Sequence[float], weight_ratio: float) -> dict[str, Any]:
