@@ -169,7 +169,7 @@ PROFILES.register(
         unlearn_cap=200,  # clean unlearning at lr 1e-4 needed 53-96 epochs in calibration
         unlearn_lr=1e-3,
         anp_iterations=40,
-        description="make reproduce on a CPU: real results on Fashion-MNIST in about two hours on 2 cores",
+        description="make reproduce on a CPU: real results on Fashion-MNIST in under three hours on 2 cores",
     ),
 )
 
