@@ -131,15 +131,14 @@ def defend(
     """
     config = config or FPConfig()
     check_choice(config.choice, oracle)
-    head = head_of(model)
-    if order is not None and sorted(order.tolist()) != list(range(head.in_features)):
-        raise ValueError(f"order must be a permutation of the head's {head.in_features} input features")
     repaired = working_copy(model, device)
     head = head_of(repaired)
+    given = order is not None
+    if given and sorted(order.tolist()) != list(range(head.in_features)):
+        raise ValueError(f"order must be a permutation of the head's {head.in_features} input features")
     clean_feats = head_inputs(repaired, clean.x, device)
     activation = clean_feats.mean(0)
-    ranking = "activation" if order is None else "given"
-    order = torch.argsort(activation) if order is None else order.cpu()  # default: least active first
+    order = order.cpu() if given else torch.argsort(activation)  # default: least active first
     n_features = len(order)
     step = max(1, round(config.prune_step * n_features))
     if config.choice == "oracle":
@@ -168,7 +167,7 @@ def defend(
         "pruned_share": pruned / n_features,
         "choice": config.choice,
         "activation": activation.tolist(),
-        **({"order": order.tolist()} if ranking == "given" else {}),
+        **({"order": order.tolist()} if given else {}),
         "sweep": rows,
         "epochs": config.finetune.epochs,
         "history": history.to_dict(),

@@ -21,7 +21,6 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .. import metrics
 from ..atomic import atomic_path
 from ..attacks import ATTACKS, AttackConfig
 from ..config import Profile
@@ -33,7 +32,7 @@ from ..session import Session
 from ..settings import check_types, replace_checked, require, settings
 from ..shortcut import PhotometricConfig
 from .defended import CURVE_IMAGES, Defended, _defended_cached, defense_context, tsbd_model
-from .evaluation import backdoor_evaluation, evaluate_cached, oracle_data
+from .evaluation import _row, backdoor_evaluation, evaluate_cached, oracle_data
 from .keys import backdoor_fields, defender_fields, model_fields, unlearn_config
 from .trained import backdoored_model, unlearned_model
 
@@ -247,14 +246,12 @@ def variant_table(
     ACC, ASR, RA and DER against that model, and the run's seconds; the first row is the backdoored model."""
     bd = backdoored_model(session, name, attack_config, progress=False)
     base = backdoor_evaluation(session, name, attack_config)
-    rows = [{"run": "no defense", "ACC": base["acc"], "ASR": base["asr"], "RA": base["ra"], "DER": 0.5,
-             "seconds": float("nan")}]
+    rows = [_row("no defense", name, base, base, float("nan"))]  # DER 0.5 by definition
     for label, run in runs.items():
         ev = evaluate_cached(session, run.fields, run.model, bd.attack)
-        der = metrics.defense_effectiveness_rating(base["acc"], base["asr"], ev["acc"], ev["asr"])
-        rows.append({"run": label, "ACC": ev["acc"], "ASR": ev["asr"], "RA": ev["ra"], "DER": der,
-                     "seconds": run.info.get("compute_seconds", float("nan"))})
-    return pd.DataFrame(rows)
+        rows.append(_row(label, name, base, ev, run.info.get("compute_seconds", float("nan"))))
+    # evaluation_table's rows, one attack: its method column is the run's label here
+    return pd.DataFrame(rows).drop(columns="attack").rename(columns={"method": "run"})
 
 
 def left_out(plan: AblationPlan, full: AblationPlan | None = None) -> list[str]:
