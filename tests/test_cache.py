@@ -73,6 +73,22 @@ def test_truncated_file_is_detected_and_recomputed(tmp_path):
     assert cache.load("model", {"k": 1}) is not None  # repaired on disk
 
 
+def test_a_readable_entry_that_its_check_calls_stale_is_removed_and_recomputed(tmp_path):
+    cache = Cache(tmp_path)
+    stale = {"weights": torch.full((2,), float("nan")), "note": "old"}
+    cache.get_or_compute("model", {"k": 1}, lambda: stale)
+
+    def check(value):
+        return "non-finite weights" if not value["weights"].isfinite().all() else None
+
+    compute = Counter(make_value())
+    with pytest.warns(UserWarning, match="stale: non-finite weights"):
+        value = cache.get_or_compute("model", {"k": 1}, compute, check=check)
+    assert compute.calls == 1 and torch.equal(value["weights"], make_value()["weights"])
+    assert cache.get_or_compute("model", {"k": 1}, compute, check=check)["weights"].isfinite().all()
+    assert compute.calls == 1  # the recomputed entry passes its check: read, not recomputed again
+
+
 def test_flipped_bytes_fail_the_checksum(tmp_path):
     cache = Cache(tmp_path)
     compute = Counter(make_value())

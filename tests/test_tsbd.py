@@ -149,6 +149,43 @@ def test_unlearning_stops_at_the_first_epoch_at_or_under_the_threshold(tiny_imag
     assert _same_state(model, _tiny_model(), atol=0, rtol=0)  # the input model is untouched
 
 
+def test_a_diverging_unlearning_stops_at_its_last_finite_epoch(tiny_images):
+    x, y = tiny_images
+    model = _tiny_model()
+    kept = {}
+
+    def monitor(m):  # after epoch 2, overflow one weight: epoch 3's ascent then leaves NaN everywhere
+        kept.setdefault("calls", 0)
+        kept["calls"] += 1
+        if kept["calls"] == 2:
+            kept["state"] = copy.deepcopy(m.state_dict())
+            with torch.no_grad():
+                m.linear.weight[0, 0] = float("inf")
+        return 0.9
+
+    run = observations.unlearn(
+        model, data.ImageData(x, y), monitor, 0.1, metric="acc", spec=_spec(), seed=0, max_epochs=10
+    )
+    assert run.diverged and not run.reached and kept["calls"] == 2  # epoch 3 ended non-finite: stopped there
+    assert run.epochs == 2 and len(run.history.seconds) == 2  # the diverged epoch is not counted
+    assert observations.finite_state(run.model)
+    assert all(torch.equal(v, kept["state"][k]) for k, v in run.model.state_dict().items())
+
+
+def test_a_real_ascent_that_overflows_is_caught_not_run_to_the_cap(tiny_images):
+    x, y = tiny_images
+    wild = observations.UnlearnConfig(lr=1e6, batch_size=16)  # no floor on the loss: the weights overflow
+    run = observations.clean_unlearn(
+        _tiny_model(), data.ImageData(x, y), spec=_spec(), seed=0, config=wild, max_epochs=200
+    )
+    assert run.diverged and run.epochs < 200 and observations.finite_state(run.model)
+    calm = observations.clean_unlearn(
+        _tiny_model(), data.ImageData(x, y), spec=_spec(), seed=0,
+        config=observations.UnlearnConfig(lr=0.05, batch_size=16), max_epochs=50,
+    )
+    assert not calm.diverged and calm.reached
+
+
 def test_clean_and_poison_unlearning_stop_where_their_rules_say(tiny_images):
     x, y = tiny_images
     model = _tiny_model()

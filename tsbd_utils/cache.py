@@ -131,8 +131,13 @@ class Cache:
     def path(self, kind: str, fields: Any) -> Path:
         return self.root / kind / f"{self.key(kind, fields)}.safetensors"
 
-    def load(self, kind: str, fields: Any) -> tuple[Artifact, dict[str, Any]] | None:
-        """The stored value and its info, or None when absent or unreadable (then it is removed)."""
+    def load(
+        self, kind: str, fields: Any, check: Callable[[Artifact], str | None] | None = None
+    ) -> tuple[Artifact, dict[str, Any]] | None:
+        """The stored value and its info, or None when absent or unreadable (then it is removed).
+
+        ``check(value)`` names what makes a readable value unusable (None when it is fine), such as an
+        entry written by an older version that a fix has since made impossible; it is then removed too."""
         path = self.path(kind, fields)
         if not path.is_file():
             return None
@@ -150,6 +155,9 @@ class Cache:
                 raise ValueError("its fields or provenance do not match the seal (the entry was edited)")
             value: Artifact = {**json.loads(payload), **tensors}
             info = json.loads(meta.get("tsbd.info", "{}"))
+            problem = check(value) if check is not None else None
+            if problem:
+                raise ValueError(f"it is stale: {problem}")
             if not sealed:  # written before entries were sealed: checked above, sealed now (same key, same value)
                 self._reseal(path, tensors, meta)
             return value, info
@@ -193,21 +201,32 @@ class Cache:
         return path
 
     def get_or_compute(
-        self, kind: str, fields: Any, compute: Callable[[], Artifact], info: Callable[[], dict[str, Any]] | None = None
+        self,
+        kind: str,
+        fields: Any,
+        compute: Callable[[], Artifact],
+        info: Callable[[], dict[str, Any]] | None = None,
+        check: Callable[[Artifact], str | None] | None = None,
     ) -> Artifact:
         """The cached value for (kind, fields), computing and storing it on a miss.
 
         ``compute`` returns a flat dict of tensors and JSON-able values. ``info`` (called after a
-        miss) adds provenance stored beside the value; the compute time is always added.
+        miss) adds provenance stored beside the value; the compute time is always added. ``check``: see
+        :meth:`load`.
         """
-        return self.get_or_compute_with_info(kind, fields, compute, info)[0]
+        return self.get_or_compute_with_info(kind, fields, compute, info, check)[0]
 
     def get_or_compute_with_info(
-        self, kind: str, fields: Any, compute: Callable[[], Artifact], info: Callable[[], dict[str, Any]] | None = None
+        self,
+        kind: str,
+        fields: Any,
+        compute: Callable[[], Artifact],
+        info: Callable[[], dict[str, Any]] | None = None,
+        check: Callable[[Artifact], str | None] | None = None,
     ) -> tuple[Artifact, dict[str, Any]]:
         """Like :meth:`get_or_compute`, also returning the provenance stored beside the value."""
         start = time.perf_counter()
-        loaded = self.load(kind, fields)
+        loaded = self.load(kind, fields, check)
         if loaded is not None:
             self.events.append(CacheEvent(kind, self.key(kind, fields), True, time.perf_counter() - start))
             return loaded
@@ -243,6 +262,7 @@ class Cache:
         fit: Callable[[nn.Module], dict[str, Any]],
         info: Callable[[], dict[str, Any]] | None = None,
         attachments: dict[str, Any] | None = None,
+        check: Callable[[Artifact], str | None] | None = None,
     ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
         """``model`` with cached weights, or trained by ``fit(model)`` and stored.
 
@@ -250,7 +270,7 @@ class Cache:
         they come back with the weights on a hit, with the provenance stored beside them.
         ``attachments`` are objects with ``state_dict``/``load_state_dict`` stored in the same
         entry (an attack's trigger or generator travels with its backdoored model). The model is
-        rebuilt by the caller, so only tensors are ever loaded.
+        rebuilt by the caller, so only tensors are ever loaded. ``check``: see :meth:`load`.
         """
         attachments = attachments or {}
 
@@ -265,7 +285,7 @@ class Cache:
                 value.update({f"{name}.{k}": v for k, v in obj.state_dict().items()})
             return value
 
-        value, stored_info = self.get_or_compute_with_info(kind, fields, compute, info)
+        value, stored_info = self.get_or_compute_with_info(kind, fields, compute, info, check)
         stored = _prefixed(value, "state.")
         problem = _architecture_mismatch(stored, model.state_dict())
         if problem:  # the key's fields left out something that shapes the model (its width, ...)

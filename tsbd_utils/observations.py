@@ -35,6 +35,7 @@ from .unlearning import (  # unlearning lives in .unlearning; importable from he
     UnlearnConfig,
     Unlearned,
     clean_unlearn,
+    finite_state,
     poison_unlearn,
     unlearn,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "activeness",
     "clean_unlearn",
     "correlation",
+    "finite_state",
     "flatten_layers",
     "neuron_weight_change",
     "nwc_layers",

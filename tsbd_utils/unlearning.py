@@ -95,15 +95,22 @@ class Unlearned:
 
     model: nn.Module
     history: History  # per epoch: loss, train_acc and the monitored metric
+    diverged: bool = False  # the ascent blew up (non-finite weights); ``model`` is the last finite epoch's
 
     @property
     def epochs(self) -> int:
+        """Epochs behind ``model`` (a diverged run's last, non-finite epoch is not counted)."""
         return len(self.history.epochs)
 
     @property
     def reached(self) -> bool:
-        """Whether the stopping rule fired (False: the epoch cap ended the run first)."""
+        """Whether the stopping rule fired (False: the epoch cap, or a divergence, ended the run first)."""
         return self.history.stopped
+
+
+def finite_state(model: nn.Module) -> bool:
+    """Whether every floating-point weight and buffer of ``model`` (BatchNorm statistics included) is finite."""
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
 
 
 def unlearn(
@@ -125,11 +132,30 @@ def unlearn(
 
     ``model`` is left untouched; a copy is unlearned in train mode, so BN running statistics drift
     as in the official code. Only the monitored metric is evaluated each epoch.
+
+    Ascent has no floor: the loss can grow until the weights overflow. The official code then runs on
+    with NaN weights, which predict one class for every image; when that class holds more than 10% of
+    the clean images the rule never fires, the run goes on to the cap and its weight changes are NaN,
+    which leaves stage 1 nothing to rank. Here the first epoch that ends with a non-finite weight or
+    BatchNorm statistic stops the run, and the copy returns to the last epoch that ended finite
+    (``Unlearned.diverged``; its record is dropped from the history).
     """
     if not 0 <= threshold <= 1:
         raise ValueError(f"threshold must be a fraction in [0, 1], got {threshold!r}")
     epochs = min(config.max_epochs, max_epochs) if max_epochs is not None else config.max_epochs
     copied = copy.deepcopy(model)
+    last_finite = {k: v.detach().clone() for k, v in copied.state_dict().items()}
+    diverged = False
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        nonlocal diverged
+        if not finite_state(m):
+            diverged = True
+            return {metric: float("nan")}
+        # A state_dict copy per epoch: small beside an epoch of ascent, and the only way back after a blow-up.
+        last_finite.update({k: v.detach().clone() for k, v in m.state_dict().items()})
+        return {metric: monitor(m)}
+
     history = train(
         copied,
         data,
@@ -138,12 +164,17 @@ def unlearn(
         seed=seed,
         device=device,
         step=AscentStep(),
-        eval_fn=lambda m: {metric: monitor(m)},
-        stop=lambda record: record[metric] <= threshold,
+        eval_fn=evaluate,
+        stop=lambda record: diverged or record[metric] <= threshold,
         progress=progress,
         desc=desc,
     )
-    return Unlearned(copied, history)
+    if diverged:
+        copied.load_state_dict(last_finite)
+        history.epochs.pop()
+        history.seconds.pop()
+        history.stopped = False
+    return Unlearned(copied, history, diverged)
 
 
 def _options(spec, seed, device, config, max_epochs, progress) -> dict:

@@ -58,7 +58,16 @@ from .table1 import (
 from . import ablations
 from .keys import backdoor_fields, clean_fields, defender_fields, evaluation_key, model_fields, unlearn_config
 from .triggers import ibau_perturbation, nc_reversed_trigger, trigger_residual
-from .trained import Backdoored, Trained, attack_context, backdoored_model, clean_model, on_device, unlearned_model
+from .trained import (
+    Backdoored,
+    Trained,
+    attack_context,
+    backdoored_model,
+    clean_model,
+    on_device,
+    unlearned_model,
+    unlearning_outcome,
+)
 
 __all__ = [
     "ablations",
@@ -108,4 +117,5 @@ __all__ = [
     "tsbd_runs",
     "unlearn_config",
     "unlearned_model",
+    "unlearning_outcome",
 ]

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from ..atomic import atomic_path
 from ..attacks import ATTACKS, AttackConfig
@@ -34,7 +33,7 @@ from ..shortcut import PhotometricConfig
 from .defended import CURVE_IMAGES, Defended, _defended_cached, defense_context, tsbd_model
 from .evaluation import _row, backdoor_evaluation, evaluate_cached, oracle_data
 from .keys import backdoor_fields, defender_fields, model_fields, unlearn_config
-from .trained import backdoored_model, unlearned_model
+from .trained import backdoored_model, unlearned_model, unlearning_outcome
 
 
 @settings
@@ -147,19 +146,23 @@ def nwc_fp_model(session: Session, name: str, progress: bool = False) -> Defende
 
     fields = model_fields(
         session, "defended", attack=name, attack_config=bd.attack.config, defense="fp", config=config,
-        order="nwc", **defender_fields(session),
+        order="nwc", **defender_fields(session), **unlearning_outcome(session, name),
     )
     return _defended_cached(session, fields, run)
 
 
 def unlearning_check(session: Session, name: str, attack_config: AttackConfig | None = None) -> dict[str, Any]:
     """How stage 1's clean unlearning of attack ``name``'s model ended: its epochs, whether it met the stopping
-    rule (clean accuracy <= 10%), and whether its weights stayed finite. Gradient ascent can diverge: a model with
-    NaN weights predicts one class for everything, and when that class holds more than 10% of the clean images the
-    rule is never met (the run goes on to the cap); its NWC is NaN and stage 1 then resets nothing."""
+    rule (clean accuracy <= 10%), whether it diverged (its weights overflowed; stage 1 then ranks the weight
+    changes of its last finite epoch, see :func:`~tsbd_utils.unlearning.unlearn`), and the clean accuracy of
+    the model stage 1 compares against (at most 10% when the rule fired)."""
     run = unlearned_model(session, name, "clean", attack_config=attack_config)
-    finite = all(bool(torch.isfinite(p).all()) for p in run.model.parameters())
-    return {"unlearning epochs": run.epochs, "reached 10%": run.reached, "finite weights": finite}
+    return {
+        "unlearning epochs": run.epochs,
+        "reached 10%": run.reached,
+        "diverged": run.diverged,
+        "clean acc at end": run.history.epochs[-1]["clean_acc"] if run.history.epochs else float("nan"),
+    }
 
 
 def _sweep_key(session: Session, name: str, ratios: Sequence[float], weight_ratio: float) -> dict[str, Any]:
@@ -170,6 +173,7 @@ def _sweep_key(session: Session, name: str, ratios: Sequence[float], weight_rati
         "ratios": [float(r) for r in ratios],
         "weight_ratio": float(weight_ratio),
         **defender_fields(session),
+        **unlearning_outcome(session, name),
     }
 
 

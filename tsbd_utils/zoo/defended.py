@@ -21,7 +21,7 @@ from ..session import Session
 from ..shortcut import PhotometricConfig, PhotometricLift
 from .evaluation import curve_eval, oracle_data
 from .keys import defender_fields, model_fields, unlearn_config
-from .trained import backdoored_model, cached_model, unlearned_model
+from .trained import backdoored_model, cached_model, unlearned_model, unlearning_outcome
 
 
 # Notebook 05 records ACC / ASR on subsets of this many images after every stage-2 epoch; the size is part
@@ -89,9 +89,9 @@ def tsbd_model(
     config = config or TSBDConfig.for_profile(session.profile)
     bd = backdoored_model(session, name, attack_config, progress=progress)
 
+    unlearn = config.unlearn if ranking == "clean" else unlearn_config(session.profile, "poison")
+
     def run() -> DefenseResult:
-        # Only on a cache miss: a cached TSBD model needs neither the unlearned model nor a run.
-        unlearn = config.unlearn if ranking == "clean" else unlearn_config(session.profile, "poison")
         unlearned = unlearned_model(session, name, ranking, unlearn, progress=progress, attack_config=attack_config)
         eval_fn = curve_eval(session, bd.attack, curve_size) if curve_size > 0 else None
         context = defense_context(session, progress, eval_fn=eval_fn)
@@ -109,6 +109,8 @@ def tsbd_model(
         **({"photometric": photometric} if photometric is not None else {}),
         **({"reinit": reinit} if reinit != "zero" else {}),
         **defender_fields(session),
+        # The key reads the unlearning's outcome, so the unlearned model is loaded (or run) even for a cached one.
+        **unlearning_outcome(session, name, ranking, unlearn, attack_config=attack_config),
     )
     return _defended_cached(session, fields, run)
 

@@ -57,18 +57,26 @@ def cached_model(
     seed: int | None = None,
     attachments: dict[str, Any] | None = None,
     info: Callable[[], dict[str, Any]] | None = None,
+    check: Callable[[dict[str, Any]], str | None] | None = None,
 ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """The profile's model (initialised with ``seed``, default the session's) whose key is ``fields``:
-    loaded from the cache, or ``fit(model) -> extras`` on a miss. Returns it on the session's device."""
+    loaded from the cache, or ``fit(model) -> extras`` on a miss (or when ``check`` finds the stored entry
+    stale: :meth:`~tsbd_utils.cache.Cache.load`). Returns it on the session's device."""
     model = model_for(session.profile, session.splits.spec, session.seed if seed is None else seed)
     base = {"device": str(session.device), "threads": session.threads}
     model, extras, stored = session.cache.get_or_train(
-        "model", fields, model, fit, attachments=attachments, info=lambda: {**base, **(info() if info else {})}
+        "model",
+        fields,
+        model,
+        fit,
+        attachments=attachments,
+        info=lambda: {**base, **(info() if info else {})},
+        check=check,
     )
     return on_device(session, model), extras, stored
 
 
-def _train_cached(session: Session, fields: dict[str, Any], train_one, attachments=None, seed=None):
+def _train_cached(session: Session, fields: dict[str, Any], train_one, attachments=None, seed=None, check=None):
     """A model trained with ``train_one(model) -> (history, extras)`` through the cache."""
     timing: dict[str, Any] = {}
 
@@ -77,7 +85,7 @@ def _train_cached(session: Session, fields: dict[str, Any], train_one, attachmen
         timing.update(history.timing())
         return {"history": history.to_dict(), "parameters": count_parameters(m), **extras}
 
-    return cached_model(session, fields, fit, seed=seed, attachments=attachments, info=lambda: timing)
+    return cached_model(session, fields, fit, seed=seed, attachments=attachments, info=lambda: timing, check=check)
 
 
 def clean_model(session: Session, progress: bool = True, train_seed: int | None = None) -> Trained:
@@ -189,7 +197,7 @@ def unlearned_model(
             x_bd, _ = bd.attack.backdoor_test(splits.test)
             run = poison_unlearn(bd.model, x_bd, bd.attack.config.target, **common)
         m.load_state_dict(run.model.state_dict())
-        return run.history, {"stopped": run.history.stopped}
+        return run.history, {"stopped": run.history.stopped, "diverged": run.diverged}
 
     # Poison unlearning trains on the backdoor *test* images, so a test subset is part of its key (absent
     # for the whole split, which keeps the keys of the cached quick and paper models).
@@ -205,8 +213,31 @@ def unlearned_model(
         **test_key,
         **clean_key,
     )
-    model, extras, info = _train_cached(session, fields, train_one)
+    model, extras, info = _train_cached(session, fields, train_one, check=_finite_weights)
     history = History.from_dict(extras["history"])
     history.stopped = extras["stopped"]
     history.seconds = list(info.get("epoch_seconds", []))
-    return Unlearned(model, history)
+    # Entries from before divergence was recorded passed _finite_weights, so their run never diverged.
+    return Unlearned(model, history, extras.get("diverged", False))
+
+
+def _finite_weights(value: dict[str, Any]) -> str | None:
+    """Why a cached unlearned model is unusable: non-finite weights, which an unlearning that ran on after
+    diverging left (it now stops at the last finite epoch and says so), else None."""
+    bad = [k for k, v in value.items() if k.startswith("state.") and v.is_floating_point() and not v.isfinite().all()]
+    return f"non-finite weights in {', '.join(b.removeprefix('state.') for b in bad[:3])}" if bad else None
+
+
+def unlearning_outcome(
+    session: Session,
+    name: str,
+    mode: str = "clean",
+    config: UnlearnConfig | None = None,
+    *,
+    attack_config: AttackConfig | None = None,
+) -> dict[str, Any]:
+    """Key fields that a model built from :func:`unlearned_model`'s run adds: ``{"unlearning": "diverged"}``
+    when that run diverged (it stopped at its last finite epoch), else nothing, so that every other key stays
+    as it was and an entry built from an older, non-finite run is never read again."""
+    run = unlearned_model(session, name, mode, config, attack_config=attack_config)
+    return {"unlearning": "diverged"} if run.diverged else {}
