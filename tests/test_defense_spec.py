@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -111,6 +112,18 @@ def test_by_attack_lays_the_long_table_out_as_table_1_with_the_mean_of_per_attac
     assert wide.loc["WaNet", ("ASR", "FT")] == 0.5
     assert wide.loc["average", ("DER", "FT")] == pytest.approx(0.82)  # mean of the DERs, not DER of the means
     assert wide.loc["average", ("ASR", "none")] == pytest.approx(0.95)
+
+
+def test_a_methods_average_does_not_depend_on_the_other_methods_beside_it():
+    """Table 1 and its extra rows share the no-defense column: its average must agree to the last bit."""
+    rng = np.random.default_rng(0)
+    long = pd.DataFrame(
+        [{"method": m, "attack": a, "ACC": rng.random(), "ASR": rng.random(), "DER": rng.random()}
+         for m in "abcdefghij" for a in "pqrstuvw"]
+    )
+    for k in range(1, 11):
+        alone = zoo.by_attack(long[long["method"].isin(list("abcdefghij"[:k]))])
+        assert alone.loc["average", ("ASR", "a")] == long[long["method"] == "a"]["ASR"].to_numpy().mean()
 
 
 def test_by_attack_refuses_an_unknown_metric():

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -167,5 +168,7 @@ def by_attack(
     wide = wide.reindex(index=attacks, columns=pd.MultiIndex.from_product([list(metrics_shown), methods]))
     if titles is not None:
         wide = wide.rename(index=dict(titles))
-    wide.loc["average"] = wide.mean()
+    # Column by column: a frame-wide mean sums each column in an order set by the frame's memory layout, so the same
+    # column could average to another last digit in a table with more methods (Table 1 beside its extra rows).
+    wide.loc["average"] = wide.apply(lambda column: column.dropna().to_numpy().mean() if column.notna().any() else np.nan)
     return wide
