@@ -45,6 +45,9 @@ from .atomic import atomic_path
 from .paths import cache_dir
 
 Artifact = dict[str, Any]
+Compute = Callable[[], Artifact]  # what computes a value on a miss
+Info = Callable[[], dict[str, Any]]  # provenance to store beside a value computed on a miss
+Check = Callable[[Artifact], str | None]  # why a readable stored value is stale, or None (see Cache.load)
 _KIND = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
@@ -131,9 +134,7 @@ class Cache:
     def path(self, kind: str, fields: Any) -> Path:
         return self.root / kind / f"{self.key(kind, fields)}.safetensors"
 
-    def load(
-        self, kind: str, fields: Any, check: Callable[[Artifact], str | None] | None = None
-    ) -> tuple[Artifact, dict[str, Any]] | None:
+    def load(self, kind: str, fields: Any, check: Check | None = None) -> tuple[Artifact, dict[str, Any]] | None:
         """The stored value and its info, or None when absent or unreadable (then it is removed).
 
         ``check(value)`` names what makes a readable value unusable (None when it is fine), such as an
@@ -201,12 +202,7 @@ class Cache:
         return path
 
     def get_or_compute(
-        self,
-        kind: str,
-        fields: Any,
-        compute: Callable[[], Artifact],
-        info: Callable[[], dict[str, Any]] | None = None,
-        check: Callable[[Artifact], str | None] | None = None,
+        self, kind: str, fields: Any, compute: Compute, info: Info | None = None, check: Check | None = None
     ) -> Artifact:
         """The cached value for (kind, fields), computing and storing it on a miss.
 
@@ -217,12 +213,7 @@ class Cache:
         return self.get_or_compute_with_info(kind, fields, compute, info, check)[0]
 
     def get_or_compute_with_info(
-        self,
-        kind: str,
-        fields: Any,
-        compute: Callable[[], Artifact],
-        info: Callable[[], dict[str, Any]] | None = None,
-        check: Callable[[Artifact], str | None] | None = None,
+        self, kind: str, fields: Any, compute: Compute, info: Info | None = None, check: Check | None = None
     ) -> tuple[Artifact, dict[str, Any]]:
         """Like :meth:`get_or_compute`, also returning the provenance stored beside the value."""
         start = time.perf_counter()
@@ -260,9 +251,9 @@ class Cache:
         fields: Any,
         model: nn.Module,
         fit: Callable[[nn.Module], dict[str, Any]],
-        info: Callable[[], dict[str, Any]] | None = None,
+        info: Info | None = None,
         attachments: dict[str, Any] | None = None,
-        check: Callable[[Artifact], str | None] | None = None,
+        check: Check | None = None,
     ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
         """``model`` with cached weights, or trained by ``fit(model)`` and stored.
 

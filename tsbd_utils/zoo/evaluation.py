@@ -170,5 +170,5 @@ def by_attack(
         wide = wide.rename(index=dict(titles))
     # Column by column: a frame-wide mean sums each column in an order set by the frame's memory layout, so the same
     # column could average to another last digit in a table with more methods (Table 1 beside its extra rows).
-    wide.loc["average"] = wide.apply(lambda column: column.dropna().to_numpy().mean() if column.notna().any() else np.nan)
+    wide.loc["average"] = wide.apply(lambda col: col.dropna().to_numpy().mean() if col.notna().any() else np.nan)
     return wide
