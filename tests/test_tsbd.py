@@ -234,7 +234,8 @@ def test_tsbd_through_the_registry_leaves_the_input_model_alone(tiny_images):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert type(result.model) is type(model)
     record = result.record
-    assert 1 <= record["unlearn_epochs"] <= 3 and len(record["stage2"]["epochs"]) == 2
+    assert 1 <= record["unlearn_epochs"] <= 3 and record["unlearn_diverged"] is False
+    assert len(record["stage2"]["epochs"]) == 2
     assert record["stage1"]["neurons"] == int(0.3 * record["stage1"]["total_neurons"]) > 0
     assert record["stage1"]["zeroed_weights"] > 0
     with pytest.raises(ValueError, match="alpha=2"):

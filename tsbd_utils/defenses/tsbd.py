@@ -208,6 +208,7 @@ def defend(
     record = {
         "unlearn_epochs": unlearned.epochs,
         "unlearn_reached": unlearned.reached,
+        "unlearn_diverged": unlearned.diverged,  # stopped at its last finite epoch (see unlearning.unlearn)
         "stage1": stage1,
         "stage2": history.to_dict(),
         "config": dataclasses.asdict(config),

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..attacks import ATTACKS, Attack, AttackConfig, AttackContext
+from ..cache import Check
 from ..models import count_parameters, model_for
 from ..session import Session
 from ..training import History, channels_last_safe, train
@@ -57,7 +58,7 @@ def cached_model(
     seed: int | None = None,
     attachments: dict[str, Any] | None = None,
     info: Callable[[], dict[str, Any]] | None = None,
-    check: Callable[[dict[str, Any]], str | None] | None = None,
+    check: Check | None = None,
 ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """The profile's model (initialised with ``seed``, default the session's) whose key is ``fields``:
     loaded from the cache, or ``fit(model) -> extras`` on a miss (or when ``check`` finds the stored entry
