@@ -108,9 +108,14 @@ class Unlearned:
         return self.history.stopped
 
 
+def non_finite(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors of a state dict that hold a NaN or an infinity."""
+    return [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
 def finite_state(model: nn.Module) -> bool:
     """Whether every floating-point weight and buffer of ``model`` (BatchNorm statistics included) is finite."""
-    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
+    return not non_finite(model.state_dict())
 
 
 def unlearn(

@@ -138,15 +138,15 @@ def nwc_fp_model(session: Session, name: str, progress: bool = False) -> Defende
     spec = DEFENSES["fp"]
     config = spec.for_profile(session.profile)
     bd = backdoored_model(session, name, progress=progress)
+    unlearned = unlearned_model(session, name, "clean", progress=progress)  # its outcome is part of the key
 
     def run():
-        unlearned = unlearned_model(session, name, "clean", progress=progress)
         order = nwc_order(bd.model, unlearned.model)
         return spec.run(bd.model, defense_context(session, progress), config, order=order)
 
     fields = model_fields(
         session, "defended", attack=name, attack_config=bd.attack.config, defense="fp", config=config,
-        order="nwc", **defender_fields(session), **unlearning_outcome(session, name),
+        order="nwc", **defender_fields(session), **unlearning_outcome(unlearned),
     )
     return _defended_cached(session, fields, run)
 
@@ -173,7 +173,7 @@ def _sweep_key(session: Session, name: str, ratios: Sequence[float], weight_rati
         "ratios": [float(r) for r in ratios],
         "weight_ratio": float(weight_ratio),
         **defender_fields(session),
-        **unlearning_outcome(session, name),
+        **unlearning_outcome(unlearned_model(session, name, "clean")),
     }
 
 

@@ -90,9 +90,10 @@ def tsbd_model(
     bd = backdoored_model(session, name, attack_config, progress=progress)
 
     unlearn = config.unlearn if ranking == "clean" else unlearn_config(session.profile, "poison")
+    # Needed for the key too (its outcome), so loaded, or run, even when the TSBD model is cached.
+    unlearned = unlearned_model(session, name, ranking, unlearn, progress=progress, attack_config=attack_config)
 
     def run() -> DefenseResult:
-        unlearned = unlearned_model(session, name, ranking, unlearn, progress=progress, attack_config=attack_config)
         eval_fn = curve_eval(session, bd.attack, curve_size) if curve_size > 0 else None
         context = defense_context(session, progress, eval_fn=eval_fn)
         lift = PhotometricLift(photometric) if photometric is not None else None
@@ -109,8 +110,7 @@ def tsbd_model(
         **({"photometric": photometric} if photometric is not None else {}),
         **({"reinit": reinit} if reinit != "zero" else {}),
         **defender_fields(session),
-        # The key reads the unlearning's outcome, so the unlearned model is loaded (or run) even for a cached one.
-        **unlearning_outcome(session, name, ranking, unlearn, attack_config=attack_config),
+        **unlearning_outcome(unlearned),
     )
     return _defended_cached(session, fields, run)
 

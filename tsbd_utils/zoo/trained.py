@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 from ..attacks import ATTACKS, Attack, AttackConfig, AttackContext
-from ..cache import Check
+from ..cache import Check, _prefixed
 from ..models import count_parameters, model_for
 from ..session import Session
 from ..training import History, channels_last_safe, train
-from ..unlearning import UNLEARN_MODES, UnlearnConfig, Unlearned, clean_unlearn, poison_unlearn
+from ..unlearning import UNLEARN_MODES, UnlearnConfig, Unlearned, clean_unlearn, non_finite, poison_unlearn
 from .keys import backdoor_fields, clean_fields, defender_fields, model_fields, unlearn_config
 
 
@@ -225,20 +225,12 @@ def unlearned_model(
 def _finite_weights(value: dict[str, Any]) -> str | None:
     """Why a cached unlearned model is unusable: non-finite weights, which an unlearning that ran on after
     diverging left (it now stops at the last finite epoch and says so), else None."""
-    bad = [k for k, v in value.items() if k.startswith("state.") and v.is_floating_point() and not v.isfinite().all()]
-    return f"non-finite weights in {', '.join(b.removeprefix('state.') for b in bad[:3])}" if bad else None
+    bad = non_finite(_prefixed(value, "state."))
+    return f"non-finite weights in {', '.join(bad[:3])}" if bad else None
 
 
-def unlearning_outcome(
-    session: Session,
-    name: str,
-    mode: str = "clean",
-    config: UnlearnConfig | None = None,
-    *,
-    attack_config: AttackConfig | None = None,
-) -> dict[str, Any]:
-    """Key fields that a model built from :func:`unlearned_model`'s run adds: ``{"unlearning": "diverged"}``
-    when that run diverged (it stopped at its last finite epoch), else nothing, so that every other key stays
-    as it was and an entry built from an older, non-finite run is never read again."""
-    run = unlearned_model(session, name, mode, config, attack_config=attack_config)
+def unlearning_outcome(run: Unlearned) -> dict[str, Any]:
+    """Key fields that a model built from the unlearning ``run`` (:func:`unlearned_model`) adds:
+    ``{"unlearning": "diverged"}`` when it diverged (it stopped at its last finite epoch), else nothing, so that
+    every other key stays as it was and an entry built from an older, non-finite run is never read again."""
     return {"unlearning": "diverged"} if run.diverged else {}
