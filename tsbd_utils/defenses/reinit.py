@@ -11,6 +11,7 @@ import copy
 import math
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,6 +33,41 @@ def top_neurons(nwc: dict[str, torch.Tensor], neuron_ratio: float) -> dict[str, 
         name, k = owner[index]
         chosen[name].append(k)
     return chosen
+
+
+@dataclass
+class Stage1Choice:
+    """Which weights stage 1 resets, from the weight changes alone (no model needed)."""
+
+    neurons: dict[str, list[int]]  # per layer: the chosen neurons (output channels), largest NWC first
+    masks: dict[str, torch.Tensor]  # per layer: bool (out, in x kh x kw), True for the weights to reset
+    threshold: float | None  # the smallest reset |dw|; None when m leaves no weight to reset
+
+
+def stage1_choice(changes: dict[str, torch.Tensor], neuron_ratio: float, weight_ratio: float) -> Stage1Choice:
+    """Stage 1's pick from per-layer weight changes |dw| shaped (out_channels, in x kh x kw).
+
+    The neurons of all layers are ranked together by NWC (the row sums of |dw|) and the top
+    ``int(neuron_ratio * neurons)`` kept; their changes are pooled, and the threshold is the smallest of the
+    top ``int(weight_ratio * len(pooled))``. A weight is reset when its neuron is kept and its change reaches the
+    threshold: the top-m share of the kept neurons' changes, not whole neurons.
+    """
+    if not (0 <= neuron_ratio <= 1 and 0 <= weight_ratio <= 1):
+        raise ValueError(f"neuron_ratio {neuron_ratio!r} and weight_ratio {weight_ratio!r} must be in [0, 1]")
+    if not changes:
+        raise ValueError("no weight changes given (a dict of layer name -> |dw| per neuron)")
+    chosen = top_neurons({name: delta.sum(1) for name, delta in changes.items()}, neuron_ratio)
+    pooled = torch.cat([changes[name][rows].flatten() for name, rows in chosen.items()])
+    n_weights = int(weight_ratio * len(pooled))
+    threshold = pooled.topk(n_weights).values.min() if n_weights else None
+    masks = {}
+    for name, delta in changes.items():
+        mask = torch.zeros_like(delta, dtype=torch.bool)
+        rows = chosen[name]
+        if rows and threshold is not None:
+            mask[rows] = delta[rows] >= threshold
+        masks[name] = mask
+    return Stage1Choice(chosen, masks, float(threshold) if threshold is not None else None)
 
 
 def _redraw(weight: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> None:
@@ -94,43 +130,36 @@ def reinitialize(
     ``"random"``, where they are re-drawn), the threshold and the scheme.
     """
     reset = REINIT_SCHEMES[scheme]
-    if not (0 <= neuron_ratio <= 1 and 0 <= weight_ratio <= 1):
-        raise ValueError(f"neuron_ratio {neuron_ratio!r} and weight_ratio {weight_ratio!r} must be in [0, 1]")
     layers = layers if layers is not None else nwc_layers(model)
     changes = weight_changes(model, unlearned, layers)
     if not all(bool(torch.isfinite(changes[name]).all()) for name in layers):
         # A diverged unlearning (NaN weights): every comparison with NaN is false, so nothing would be reset.
         warnings.warn("the unlearned model has non-finite weights (its unlearning diverged): NWC is undefined and "
                       "stage 1 resets no NaN-ranked weight", RuntimeWarning, stacklevel=2)
-    chosen = top_neurons({name: changes[name].sum(1) for name in layers}, neuron_ratio)
-    n_top = sum(len(rows) for rows in chosen.values())
+    choice = stage1_choice(changes, neuron_ratio, weight_ratio)
+    n_top = sum(len(rows) for rows in choice.neurons.values())
     total = sum(len(changes[name]) for name in layers)
-    pooled = torch.cat([changes[name][chosen[name]].flatten() for name in layers]) if n_top else torch.empty(0)
-    n_weights = int(weight_ratio * len(pooled))
     reinit = copy.deepcopy(model)
     modules = dict(reinit.named_modules())
     record: dict[str, Any] = {"neurons": n_top, "total_neurons": total, "threshold": None, "layers": {}}
     if scheme != "zero":
         record["scheme"] = scheme  # TSBD's records stay as they were
     # Zeroing whole neurons ignores m; the other schemes reset nothing when m leaves no weight.
-    if n_top == 0 or (n_weights == 0 and scheme != "zero-neurons"):
+    if n_top == 0 or (choice.threshold is None and scheme != "zero-neurons"):
         record["zeroed_weights"] = 0
         return reinit, record
-    threshold = pooled.topk(n_weights).values.min() if n_weights else torch.tensor(float("inf"))
     generator = torch.Generator().manual_seed(seed)
     zeroed = 0
     with torch.no_grad():
         for name in layers:
-            rows = chosen[name]
+            rows = choice.neurons[name]
             if not rows:
                 continue
             weight = modules[name].weight
-            mask = torch.zeros_like(changes[name], dtype=torch.bool)
-            mask[rows] = changes[name][rows] >= threshold
-            count = reset(weight, mask.view_as(weight).to(weight.device), rows, generator)
+            count = reset(weight, choice.masks[name].view_as(weight).to(weight.device), rows, generator)
             record["layers"][name] = {"neurons": len(rows), "zeroed_weights": count}
             zeroed += count
-    record.update(threshold=float(threshold) if n_weights else None, zeroed_weights=zeroed)
+    record.update(threshold=choice.threshold, zeroed_weights=zeroed)
     return reinit, record
 
 
