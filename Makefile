@@ -13,7 +13,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: help setup data reproduce test test-quick test-paper lab strip clean-cache
+.PHONY: help setup data reproduce test test-quick test-paper lab strip clean-cache assignments grade
 
 help:
 	@echo "make reproduce   run all notebooks (PROFILE=$(PROFILE), more options in ARGS=...), write figures/ and runs/$(PROFILE)/"
@@ -22,6 +22,8 @@ help:
 	@echo "make test-paper  the paper-profile GPU check (skipped without CUDA)"
 	@echo "make lab         JupyterLab on notebooks/"
 	@echo "make strip       strip outputs from notebooks/*.ipynb"
+	@echo "make assignments student notebooks, autograders and solutions in runs/assignments/ (PROFILE=smoke unless set)"
+	@echo "make grade       grade submissions: make grade AUTOGRADER=runs/assignments/autograder/00_overview-autograder.zip SUBMISSIONS=folder"
 
 # The virtual environment, rebuilt whenever pyproject.toml changes (the stamp names its checksum).
 $(STAMP): pyproject.toml
@@ -59,6 +61,14 @@ test-paper: setup
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
+
+# Course assignments (otter-grader): the handouts run in the smoke profile unless PROFILE is given on the command line.
+assignments: setup
+	$(PY) -m tsbd_utils.assignments generate --profile $(if $(filter command line,$(origin PROFILE)),$(PROFILE),smoke) $(ARGS)
+
+grade: setup
+	@test -n "$(AUTOGRADER)" -a -n "$(SUBMISSIONS)" || { echo "usage: make grade AUTOGRADER=<autograder zip> SUBMISSIONS=<folder of .ipynb> [ARGS='--csv scores.csv']"; exit 2; }
+	$(PY) -m tsbd_utils.assignments grade "$(AUTOGRADER)" "$(SUBMISSIONS)" $(ARGS)
 
 strip: $(STAMP)
 	$(VENV)/bin/nbstripout --keep-id notebooks/*.ipynb

@@ -176,7 +176,7 @@ def test_table_question_is_graded_on_the_table_given():
     table1.check("FT", 1, table)  # the public check only asks for a defense's name and a count
     with pytest.raises(ExerciseFailed, match="one of \\['ANP', 'TSBD'\\]"):
         table1.check("FT", 1, table, thorough=True)
-    with pytest.raises(ExerciseFailed, match="removed = 2"):
+    with pytest.raises(ExerciseFailed, match="removed_count = 2"):
         table1.check("ANP", 3, table, thorough=True)
     with pytest.raises(ExerciseFailed, match="pick one of the defenses"):
         table1.check("No defense", 3, table)

@@ -16,7 +16,7 @@ notebook   module                   the student writes
 04         :mod:`.stage1`           ``stage1_masks(changes, n, m)``
 05         :mod:`.stage2`           ``aware_step(model, x, y, optimizer, radius, alpha)``
 06         :mod:`.pruning`          ``last_safe_amount(sweep)``
-07         :mod:`.table1`           ``most_removed`` and ``removed``, read off Table 1
+07         :mod:`.table1`           ``most_removed`` and ``removed_count``, read off Table 1
 ========== ======================== =================================================
 """
 

@@ -26,7 +26,8 @@ MISTAKES = {
     "a percentage: return a fraction in [0, 1], as the suite's metrics do": lambda b, a: 100 * reference(b, a),
     "the two drops swapped: DER rewards the ASR drop and charges the ACC drop":
         lambda b, a: (max(0.0, b[0] - a[0]) - max(0.0, b[1] - a[1]) + 1) / 2,
-    "the + 1 and the halving: an unchanged model scores 0.5": lambda b, a: max(0.0, b[1] - a[1]) - max(0.0, b[0] - a[0]),
+    "the + 1 and the halving: an unchanged model scores 0.5":
+        lambda b, a: max(0.0, b[1] - a[1]) - max(0.0, b[0] - a[0]),
 }
 
 
