@@ -3,6 +3,7 @@ and grading without containers that gives a solved notebook full marks and a hal
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import zipfile
@@ -117,3 +118,34 @@ def test_grading_without_containers(generated, tmp_path, monkeypatch, cache_dir)
     assert rows["solved.ipynb"]["total"] == rows["solved.ipynb"]["possible"] == 3
     assert rows["half.ipynb"]["q00_der"] == pytest.approx(1.0) and rows["half.ipynb"]["q00_chance"] == 0
     assert "error" not in rows["half.ipynb"]
+
+
+def _exercise_cells(master: nbformat.NotebookNode) -> tuple[set[str], list[str]]:
+    """The names the solution cells define, and the sources of the code cells outside every question."""
+    defined, outside, depth = set(), [], 0
+    for cell in master.cells:
+        if cell.cell_type == "raw":
+            depth += cell.source.startswith("# BEGIN QUESTION") - cell.source.startswith("# END QUESTION")
+            continue
+        if cell.cell_type != "code":
+            continue
+        if depth:
+            for node in ast.parse(cell.source).body:
+                if isinstance(node, ast.FunctionDef):
+                    defined.add(node.name)
+                elif isinstance(node, ast.Assign):
+                    defined.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        else:
+            outside.append(cell.source)
+    return defined, outside
+
+
+def test_the_rest_of_each_notebook_never_uses_the_students_answers():
+    """An unsolved exercise must not stop or change the notebook: no cell outside the questions reads a name that a
+    solution cell defines (what follows uses the package's implementation), and no such cell reassigns it (the
+    grader checks the names as the notebook leaves them)."""
+    for path in WITH_EXERCISES:
+        defined, outside = _exercise_cells(nbformat.read(path, as_version=4))
+        assert defined, path.name
+        used = {n.id for source in outside for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name)}
+        assert not defined & used, (path.name, sorted(defined & used))
