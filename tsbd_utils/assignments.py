@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+import yaml
 
 from .config import PROFILES
 from .paths import project_root
@@ -54,8 +55,6 @@ class Question:
 
 def _raw_config(cell: Any, mark: str) -> dict[str, Any] | None:
     """The YAML under ``mark`` in a raw cell, or None when the cell is not such a cell."""
-    import yaml  # a dependency of otter-grader and of jupyter
-
     if cell.cell_type != "raw" or not cell.source.lstrip().startswith(mark):
         return None
     config = yaml.safe_load(cell.source.lstrip()[len(mark):]) or {}
