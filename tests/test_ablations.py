@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from tsbd_utils import config, session, zoo
+from tsbd_utils.attacks import ATTACKS
 from tsbd_utils.defenses import DEFENSES, REINIT_SCHEMES, OracleData, TSBDConfig, reinitialize, zero_reinit
 from tsbd_utils.defenses.fp import nwc_order
 from tsbd_utils.defenses.reinit import choose_neuron_ratio, oracle_neuron_ratio
@@ -119,6 +120,19 @@ def test_plan_holds_the_profiles_n_and_refuses_bad_values():
         ablations.AblationPlan.for_profile(quick, poison_ratios=[0.1, 1.0])
     with pytest.raises(ValueError, match="seeds must be a tuple of ints"):
         ablations.AblationPlan.for_profile(quick, seeds=[0, -1])
+
+
+def test_only_notebook_05s_own_runs_record_per_epoch_curves(monkeypatch):
+    asked = []
+    monkeypatch.setattr(ablations, "tsbd_model", lambda *a, curve_size, **k: asked.append(curve_size))
+    s = type("S", (), {"profile": config.resolve("quick")})()  # tsbd_variant reads only the profile
+    ablations.tsbd_variant(s, "badnets")  # TSBD as notebook 05 runs it: its cache entry, with curves
+    ablations.tsbd_variant(s, "badnets", alpha=0.0)  # notebook 05's vanilla fine-tuning: the same
+    ablations.tsbd_variant(s, "badnets", neuron_ratio=0.1)
+    ablations.tsbd_variant(s, "badnets", lift=True)
+    ablations.tsbd_variant(s, "badnets", reinit="random")
+    ablations.tsbd_variant(s, "badnets", attack_config=ATTACKS["badnets"](ratio=0.01).config)
+    assert asked == [zoo.CURVE_IMAGES, zoo.CURVE_IMAGES, 0, 0, 0, 0]
 
 
 def _smoke(tmp_path, cache_dir, **variant):
