@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import base64
 import json
 from pathlib import Path
 
@@ -325,6 +326,11 @@ def test_notebook_runs_in_the_smoke_profile(path, tmp_path, cache_dir):
     for name in EXPECTED[number].get("files", []):  # exported tables beside the figures
         assert (figures / name).is_file() and (figures / name).stat().st_size > 0, name
     assert all(p.name.startswith(f"{number}_") for p in figures.iterdir())
+    # A learner sees every figure where it is made: the notebook shows each saved PNG, byte for byte.
+    shown = [base64.b64decode(o.data["image/png"]) for c in executed.cells if c.cell_type == "code"
+             for o in c.outputs if "image/png" in o.get("data", {})]
+    saved = [p.read_bytes() for p in sorted(figures.glob("*.png"))]
+    assert sorted(shown) == sorted(saved) and saved
     assert results["provenance"]["profile"] == "smoke" and results["meaningful"] is False
     assert EXPECTED[number]["results"](results["results"]), results["results"]
 

@@ -48,6 +48,21 @@ def savefig(fig: Figure, name: str, figures_dir: str | os.PathLike) -> Path:
     return path
 
 
+def show_png(path: str | os.PathLike) -> bool:
+    """Display the PNG file ``path`` as a cell output when running in a Jupyter kernel (papermill included);
+    elsewhere (a script, the tests' own process) do nothing. True when it was displayed."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import Image, display
+    except ImportError:  # IPython comes with the notebooks' kernel; without it there is nowhere to show
+        return False
+    shell = get_ipython()
+    if shell is None or getattr(shell, "kernel", None) is None:
+        return False
+    display(Image(filename=str(path)))
+    return True
+
+
 def flow_diagram(lanes: Sequence[tuple[str, Sequence[str]]], *, title: str, width: float = 12.0) -> Figure:
     """Boxes joined by arrows, one horizontal lane per actor, the last box of a lane feeding the next lane.
 

@@ -5,9 +5,10 @@
     python -m tsbd_utils.reproduce --only 00 01               # a subset, still in order
 
 Executed copies and each notebook's ``NN_results.json`` go to ``runs/<profile>/``; figures go to
-``figures/``. Trained models come from the cache, so an interrupted run resumes where it stopped.
-The same :func:`run_notebook` serves the tests: a parameter a notebook does not declare is an
-error there too (papermill itself only warns).
+``figures/``. A quick-profile run into the project's ``figures/`` also refreshes Table 1 in README.md and the
+executed copies that the book renders (``figures/executed/``, :mod:`tsbd_utils.book`). Trained models come
+from the cache, so an interrupted run resumes where it stopped. The same :func:`run_notebook` serves the
+tests: a parameter a notebook does not declare is an error there too (papermill itself only warns).
 """
 
 from __future__ import annotations
@@ -212,6 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if any(p.name.startswith(TABLE_EXPORT[:2]) for p in selected) and export.is_file():
             if refresh_readme_table(root / "README.md", export):
                 print(f"README.md: Table 1 refreshed from figures/{TABLE_EXPORT}")
+        from . import book  # the website renders these executed copies (make book)
+
+        book.export_run(run_dir, root / book.EXECUTED, [p.name for p in selected], root=root)
+        print(f"{book.EXECUTED}: the book's copies of {len(selected)} executed notebook(s) refreshed")
     return 0
 
 

@@ -81,13 +81,16 @@ class Session:
         return self._splits
 
     def savefig(self, fig, slug: str) -> Path:
-        """Save ``fig`` as ``<figures_dir>/<NN>_<slug>.png`` and close it."""
+        """Save ``fig`` as ``<figures_dir>/<NN>_<slug>.png``, show that file in the notebook (when run in a
+        Jupyter kernel) and close the figure. The notebook shows the saved PNG itself, byte for byte, so an
+        executed notebook, the book built from it and ``figures/`` hold the same picture."""
         import matplotlib.pyplot as plt
 
         from . import plotting
 
         path = plotting.savefig(fig, f"{self.notebook}_{slug}", self.figures_dir)
         plt.close(fig)
+        plotting.show_png(path)
         return path
 
     def provenance(self) -> dict[str, Any]:
