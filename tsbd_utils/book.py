@@ -29,8 +29,8 @@ import nbformat
 
 from .atomic import atomic_path
 from .paths import project_root
+from .reproduce import notebooks
 
-GLOB = "[0-9][0-9]_*.ipynb"
 EXECUTED = Path("figures") / "executed"  # the executed copies the book renders, relative to the project
 SOURCE = Path("notebooks") / "book"  # configuration, landing page template, references
 TABLE = Path("figures") / "07_table1.md"
@@ -106,9 +106,10 @@ def export(executed: Path, dest: Path, *, root: Path | None = None) -> Path:
 
 def export_run(run_dir: Path, dest: Path, names: Sequence[str] | None = None, root: Path | None = None) -> list[Path]:
     """:func:`export` every executed notebook of ``run_dir`` (or those named ``names``), in order."""
-    paths = sorted(run_dir.glob(GLOB))
+    paths = notebooks(run_dir)
     if names is not None:
-        paths = [p for p in paths if p.name in set(names)]
+        wanted = set(names)
+        paths = [p for p in paths if p.name in wanted]
     return [export(p, dest, root=root) for p in paths]
 
 
@@ -172,8 +173,8 @@ def _takeaways(chapters: dict[str, nbformat.NotebookNode]) -> str:
 def assemble(out: Path, root: Path | None = None) -> Path:
     """Write the book's source folder ``out`` (emptied first) from the committed sources; return it."""
     root = root or project_root() or Path.cwd()
-    executed = sorted((root / EXECUTED).glob(GLOB))
-    sources = {p.name: p for p in sorted((root / "notebooks").glob(GLOB))}
+    executed = notebooks(root / EXECUTED)
+    sources = {p.name: p for p in notebooks(root / "notebooks")}
     if [p.name for p in executed] != list(sources):
         raise ValueError(f"{EXECUTED} holds {[p.name for p in executed]}, the notebooks are {list(sources)}; "
                          "run `make reproduce` to refresh the executed copies")
@@ -204,7 +205,7 @@ def build(out: Path, root: Path | None = None) -> Path:
     src = assemble(out / "src", root)
     command = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or shutil.which("jupyter-book")
     if command is None:
-        raise RuntimeError("jupyter-book is not installed: `make book` installs it (pyproject.toml, extra 'book')")
+        raise RuntimeError("jupyter-book is not installed: `make setup` installs it (pyproject.toml)")
     html = out / "_build" / "html"
     if html.exists():
         shutil.rmtree(html)
