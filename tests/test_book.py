@@ -83,6 +83,37 @@ def test_export_refuses_a_run_the_book_must_not_show(tmp_path):
         book.export(_executed(tmp_path / "b", error=True), tmp_path / "out")
 
 
+def test_the_books_sources_hold_every_notebook_in_order_with_its_run_and_the_landing_page(tmp_path):
+    src = book.assemble(tmp_path / "src", ROOT)
+    toc = (src / "_toc.yml").read_text()
+    files = [line.split("file: ")[1] for line in toc.splitlines() if "file: " in line]
+    assert files == [p.stem for p in NOTEBOOKS] + ["references"]
+    intro = (src / "intro.md").read_text()
+    table = [line for line in (ROOT / book.TABLE).read_text().splitlines() if line.startswith("| BadNets")]
+    assert table and table[0] in intro and "{{" not in intro
+    for path in NOTEBOOKS:
+        chapter = nbformat.read(src / path.name, as_version=4)
+        assert f"]({path.name})" in intro  # the landing page links each notebook's take-aways to its chapter
+        note = chapter.cells[1].source
+        assert note.startswith("```{admonition} Run it yourself") and ("min**" in note or " s**" in note), path.name
+        download = nbformat.read(src / "downloads" / path.name, as_version=4)
+        assert not any(c.get("outputs") for c in download.cells)  # the notebook a reader runs, without outputs
+    assert "@inproceedings{lin2024tsbd" in (src / "references.bib").read_text()
+
+
+def test_a_notebook_changed_since_its_last_run_stops_the_book(tmp_path):
+    root = tmp_path / "project"
+    for folder in ("notebooks", "figures"):
+        shutil.copytree(ROOT / folder, root / folder)
+    changed = root / "notebooks" / NOTEBOOKS[0].name
+    nb = nbformat.read(changed, as_version=4)
+    code = next(c for c in nb.cells if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", []))
+    code.source += "\nprint('changed')"
+    nbformat.write(nb, changed)
+    with pytest.raises(ValueError, match=f"{NOTEBOOKS[0].name} has changed since its last quick run"):
+        book.assemble(tmp_path / "src", root)
+
+
 # ---------------------------------------------------------------------------------------------- in a browser
 
 # Every image eager and decoded (the theme may lazy-load), then what a reader would see: broken images,
@@ -129,6 +160,13 @@ def browser():
     driver.quit()
 
 
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    _browser_binaries()  # no build when the browser is missing
+    html = book.build(tmp_path_factory.mktemp("book"), ROOT)
+    yield from _serve(html)
+
+
 def _serve(folder: Path):
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args):  # the test's output, not the server's
@@ -157,3 +195,30 @@ def test_the_page_check_catches_a_broken_image_and_a_traceback(browser, tmp_path
         found = browser.execute_async_script(PAGE_PROBLEMS)["problems"]
     assert any(p.startswith("broken image") for p in found) and any(p.startswith("error output") for p in found)
     assert "raw traceback" in found
+
+
+def test_the_book_lists_every_notebook_in_order_and_every_page_shows_its_figures(browser, site):
+    browser.get(f"{site}/index.html")
+    links = browser.execute_script(
+        "return [...document.querySelectorAll('nav.bd-docs-nav a.reference.internal')].map(a => a.href)")
+    pages = [href.rsplit("/", 1)[-1].split("#")[0] for href in links]
+    assert [p for p in pages if p[:2].isdigit()] == [f"{p.stem}.html" for p in NOTEBOOKS]
+    assert "references.html" in pages
+    assert "| BadNets" not in browser.page_source and "BadNets" in browser.find_element("tag name", "table").text
+    landing = browser.execute_async_script(PAGE_PROBLEMS)
+    assert not landing["problems"] and landing["images"] >= 1
+    browser.save_screenshot(str(_artifacts() / "landing.png"))
+    for path in NOTEBOOKS:
+        browser.get(f"{site}/{path.stem}.html")
+        title = browser.find_element("tag name", "h1").text
+        assert title.startswith(path.name[:2]), (path.name, title)
+        assert "Run it yourself" in browser.page_source
+        found = browser.execute_async_script(PAGE_PROBLEMS)
+        assert not found["problems"], (path.name, found["problems"])
+        executed = nbformat.read(ROOT / book.EXECUTED / path.name, as_version=4)
+        shown = sum("image/png" in o.get("data", {}) for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+        assert found["figures"] == shown > 0, (path.name, found, shown)  # every figure of the run, on its page
+        if path.name.startswith("05"):
+            browser.save_screenshot(str(_artifacts() / f"{path.stem}.png"))
+    browser.get(f"{site}/references.html")
+    assert "Unveiling and Mitigating Backdoor Vulnerabilities" in browser.page_source
