@@ -210,7 +210,7 @@ def test_the_book_lists_every_notebook_in_order_and_every_page_shows_its_figures
     browser.save_screenshot(str(_artifacts() / "landing.png"))
     for path in NOTEBOOKS:
         browser.get(f"{site}/{path.stem}.html")
-        title = browser.find_element("tag name", "h1").text
+        title = browser.find_element("css selector", "article.bd-article h1").text  # not the print-only copy
         assert title.startswith(path.name[:2]), (path.name, title)
         assert "Run it yourself" in browser.page_source
         found = browser.execute_async_script(PAGE_PROBLEMS)
@@ -218,7 +218,7 @@ def test_the_book_lists_every_notebook_in_order_and_every_page_shows_its_figures
         executed = nbformat.read(ROOT / book.EXECUTED / path.name, as_version=4)
         shown = sum("image/png" in o.get("data", {}) for c in executed.cells if c.cell_type == "code" for o in c.outputs)
         assert found["figures"] == shown > 0, (path.name, found, shown)  # every figure of the run, on its page
-        if path.name.startswith("05"):
+        if path.name[:2] in ("05", "08"):
             browser.save_screenshot(str(_artifacts() / f"{path.stem}.png"))
     browser.get(f"{site}/references.html")
-    assert "Unveiling and Mitigating Backdoor Vulnerabilities" in browser.page_source
+    assert "unveiling and mitigating backdoor vulnerabilities" in browser.page_source.lower()  # the style lowercases titles
