@@ -135,6 +135,7 @@ class Attack:
     invisible: ClassVar[bool] = False  # the trigger is meant to be imperceptible (PSNR is checked)
     state_keys: ClassVar[tuple[str, ...]] = ()  # keys of self.state after prepare; "net." stands for net.*
     constant_lr: ClassVar[bool] = False  # BackdoorBench trains this attack's model with a constant learning rate
+    uses_clean_model: ClassVar[bool] = False  # prepare() reads AttackContext.clean_model (the grid orders cells by it)
 
     def __init__(self, config: AttackConfig | None = None, **overrides: Any) -> None:
         config = config if config is not None else self.config_class()

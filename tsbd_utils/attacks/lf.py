@@ -88,6 +88,7 @@ class LF(Attack):
         "(https://arxiv.org/abs/2104.03413)"
     )
     config_class = LFConfig
+    uses_clean_model = True  # prepare() fits its trigger against the clean model
 
     def _prepare(self, context: AttackContext) -> None:
         steps = context.profile.scale_epochs(self.config.steps)

@@ -36,6 +36,7 @@ class Trojan(Attack):
     state_keys = ("mask", "pattern")
     citation = "Liu et al., Trojaning Attack on Neural Networks, NDSS 2018 (https://doi.org/10.14722/ndss.2018.23291)"
     config_class = TrojanConfig
+    uses_clean_model = True  # prepare() fits its trigger against the clean model
 
     def _prepare(self, context: AttackContext) -> None:
         mask = corner_mask(self.shape, self.config.mask_size)

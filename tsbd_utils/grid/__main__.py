@@ -1,0 +1,149 @@
+"""Compute the cells behind Table 1 in parallel on Dask workers, then write the tables from the cache.
+
+    python -m tsbd_utils.grid --profile quick --workers 2             # two local workers on a 2-core CPU
+    python -m tsbd_utils.grid --profile paper --device cuda           # one local worker per GPU
+    python -m tsbd_utils.grid --profile paper --address 10.0.0.5:8786 --cache-dir /shared/tsbd-cache
+    python -m tsbd_utils.grid --profile smoke --inline                # no engine: one cell after another here
+
+Every cell is keyed in the cache, so a rerun or a resumed run skips the cells that finished, and notebooks 05-07
+then read everything from the cache. The tables go to ``runs/<profile>/grid/`` (``table1``, ``extras``; CSV in
+percent, Markdown, LaTeX) with ``grid.json``: each cell's record, what failed and the run time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..cache import read_only_from_env
+from ..config import PROFILES
+from ..data import DATASETS, checked_named_dir
+from ..device import resolve_device
+from ..paths import cache_dir as default_cache_dir, cache_folder_problem, run_dir as default_run_dir, unusable_folder
+from ..session import start, write_json
+from ..zoo import BASELINES
+from .cells import Settings, finished, plan
+from .engine import GridError, check_address, cores, local_plan, run_dask, run_inline
+from .report import build_tables
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tsbd_utils.grid", description=__doc__.split("\n\n")[0])
+    p.add_argument("--profile", default="quick", help=f"one of: {', '.join(PROFILES)} (default quick)")
+    p.add_argument("--dataset", default=None, help=f"one of: {', '.join(DATASETS)} (default: the profile's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (a local worker per GPU on CUDA)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local Dask workers (default: one per GPU on CUDA, else 1); not with --address")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads per worker (default: the cores divided among the workers)")
+    p.add_argument("--address", default=None,
+                   help="HOST:PORT of a running `dask scheduler`: run the cells on its workers instead")
+    p.add_argument("--inline", action="store_true", help="no engine: run the cells one after another in this process")
+    p.add_argument("--attacks", nargs="+", default=None, metavar="NAME", help="the table's attacks (default all 8)")
+    p.add_argument("--baselines", nargs="+", default=None, metavar="NAME",
+                   help="the table's baseline defenses (default all 8; TSBD is always in)")
+    p.add_argument("--no-extras", action="store_true",
+                   help="leave out notebook 07's extras (trigger floor, same-budget controls, oracle choices)")
+    p.add_argument("--cache-dir", default=None, help="default: $TSBD_CACHE_DIR, else .cache/ (a shared folder on a cluster)")
+    p.add_argument("--data-dir", default=None, help="a folder holding the dataset (default: see README)")
+    p.add_argument("--run-dir", default=None, help="default: runs/<profile>/; the tables go to its grid/ folder")
+    p.add_argument("--dry-run", action="store_true", help="list the cells, what each needs and which have finished")
+    return p
+
+
+def _settings(args: argparse.Namespace) -> tuple[Settings, dict]:
+    """Check every option before anything starts (a bad one fails here, naming it); the settings and the engine's
+    arguments."""
+    PROFILES.check(args.profile)
+    if args.dataset is not None:
+        DATASETS.check(args.dataset)
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    resolve_device(args.device)
+    checked_named_dir(args.data_dir)
+    if args.inline and (args.address or args.workers is not None):
+        raise ValueError("--inline runs every cell in this process; it takes neither --workers nor --address")
+    if args.address is not None and args.workers is not None:
+        raise ValueError(
+            f"--workers {args.workers} with --address {args.address}: a cluster brings its own workers; "
+            "start them with `dask worker` (see README.md), or leave out --address for local workers"
+        )
+    if read_only_from_env():
+        raise ValueError("the grid stores its cells in the cache; unset $TSBD_CACHE_READ_ONLY for it")
+    cache = default_cache_dir(args.cache_dir).resolve()  # absolute: workers on other hosts get the same path
+    problem = cache_folder_problem(cache)
+    if problem:
+        raise ValueError(f"--cache-dir {cache} cannot be used: {problem}")
+    engine: dict = {}
+    if args.address is not None:
+        engine["address"] = check_address(args.address)
+        threads = args.threads or 1
+        if threads < 1:
+            raise ValueError(f"--threads must be an int >= 1, got {args.threads!r}")
+    elif args.inline:
+        threads = local_plan(1, args.threads, "cpu").threads
+    else:
+        engine["plan"] = local_plan(args.workers, args.threads, args.device)
+        threads = engine["plan"].threads
+    settings = Settings(args.profile, args.dataset, args.seed, args.device, str(cache),
+                        str(Path(args.data_dir).resolve()) if args.data_dir else None, threads)
+    return settings, engine
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings, engine = _settings(args)
+        cells = plan(args.attacks, args.baselines, extras=not args.no_extras)
+        out = default_run_dir(PROFILES[args.profile].name, args.run_dir) / "grid"
+        problem = unusable_folder(out)
+        if problem:
+            raise ValueError(f"--run-dir: {out} cannot be used: {problem}")
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    S = start("07", profile=settings.profile, dataset=settings.dataset, seed=settings.seed, device=settings.device,
+              cache_dir=settings.cache_dir, figures_dir=str(out), run_dir=str(out.parent), data_dir=settings.data_dir)
+    done_before = finished(S, cells)
+    todo = [c for c in cells if c.name not in done_before]
+    if args.dry_run:
+        for c in cells:
+            state = "finished" if c.name in done_before else "to run"
+            print(f"{c.name:28s} {state:9s} needs: {', '.join(c.needs) or '-'}")
+        return 0
+    where = (f"the cluster at {engine['address']}" if "address" in engine else "this process" if args.inline
+             else f"{engine['plan'].workers} local worker(s) x {settings.threads} thread(s)")
+    print(f"grid: {len(cells)} cells ({args.profile} profile), {len(done_before)} finished before, "
+          f"{len(todo)} to run on {where}", flush=True)
+    S.splits  # the dataset must load here before any worker starts: a missing dataset fails once, now
+    try:
+        outcome = run_inline(todo, settings) if args.inline else run_dask(todo, settings, **engine)
+    except GridError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(cores())
+    record = {"cells": {**done_before, **outcome.done}, "failed": outcome.failed, "seconds": outcome.seconds,
+              "finished_before": sorted(done_before), "engine": where, "threads": settings.threads,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_json(out / "grid.json", record)
+    if outcome.failed:
+        print(f"{len(outcome.failed)} cell(s) failed; the others are in the cache (rerun to retry the failed ones):",
+              file=sys.stderr)
+        for name, why in outcome.failed.items():
+            print(f"  {name}: {why}", file=sys.stderr)
+        return 1
+    attacks = [c.attack for c in cells if c.kind == "attack"]
+    baselines = [d for d in BASELINES if args.baselines is None or d in args.baselines]
+    tables_ = build_tables(S, attacks, baselines, not args.no_extras, out)
+    print(f"grid: {len(todo)} cells in {outcome.seconds:.1f} s; tables from the cache "
+          f"({tables_.hits} of {tables_.lookups} lookups were hits): {', '.join(map(str, tables_.paths.values()))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
