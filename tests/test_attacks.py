@@ -42,9 +42,28 @@ def context(request) -> AttackContext:
 
 
 @pytest.fixture(scope="module")
-def prepared(context):
+def clean_reads() -> set[str]:
+    """The attacks whose ``prepare`` asked the context for the clean model."""
+    return set()
+
+
+@pytest.fixture(scope="module")
+def prepared(context, clean_reads):
     """Each attack prepared once per image shape (SSBA and Input-aware train small networks)."""
-    return {name: cls().prepare(context) for name, cls in ATTACKS.items()}
+
+    def watched(name: str) -> AttackContext:
+        def clean_model():
+            clean_reads.add(name)
+            return context.clean_model()
+
+        return dataclasses.replace(context, clean_model=clean_model)
+
+    return {name: cls().prepare(watched(name)) for name, cls in ATTACKS.items()}
+
+
+def test_uses_clean_model_names_exactly_the_attacks_whose_prepare_reads_it(prepared, clean_reads):
+    # The grid runs an attack's cell before the clean model's only where the attack says it does not need it.
+    assert clean_reads == {n for n, cls in ATTACKS.items() if cls.uses_clean_model} == {"lf", "trojan"}
 
 
 def test_the_registry_holds_the_eight_attacks_of_table_1():

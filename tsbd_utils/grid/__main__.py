@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="CPU threads per worker (default: the cores divided among the workers)")
     p.add_argument("--address", default=None,
                    help="HOST:PORT of a running `dask scheduler`: run the cells on its workers instead")
+    p.add_argument("--connect-timeout", type=float, default=10.0,
+                   help="seconds to wait for the scheduler at --address (default 10)")
     p.add_argument("--inline", action="store_true", help="no engine: run the cells one after another in this process")
     p.add_argument("--attacks", nargs="+", default=None, metavar="NAME", help="the table's attacks (default all 8)")
     p.add_argument("--baselines", nargs="+", default=None, metavar="NAME",
@@ -81,7 +83,10 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, dict]:
         raise ValueError(f"--cache-dir {cache} cannot be used: {problem}")
     engine: dict = {}
     if args.address is not None:
+        if not args.connect_timeout > 0:
+            raise ValueError(f"--connect-timeout must be > 0 seconds, got {args.connect_timeout}")
         engine["address"] = check_address(args.address)
+        engine["connect_timeout"] = args.connect_timeout
         threads = args.threads or 1
         if threads < 1:
             raise ValueError(f"--threads must be an int >= 1, got {args.threads!r}")
