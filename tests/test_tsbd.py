@@ -129,6 +129,20 @@ def test_in_place_step_matches_the_copy_per_batch_formulation():
         assert _same_state(in_place, copying, atol=1e-6, rtol=1e-5)
 
 
+def test_the_official_formulation_moves_the_weights_as_the_in_place_step_and_refreshes_bn_after_the_step():
+    from tsbd_utils.defenses.activeness import OfficialActivenessAwareStep
+
+    for seed in range(3):
+        in_place, _ = _one_step(ActivenessAwareStep(0.05, 0.7), seed=seed)
+        official, _ = _one_step(OfficialActivenessAwareStep(0.05, 0.7), seed=seed)
+        weights = dict(official.named_parameters())
+        for name, p in in_place.named_parameters():
+            assert torch.allclose(p, weights[name], atol=1e-6, rtol=1e-5), name
+        # Its BN statistics come from the third forward, after the step: not those of the in-place step's first pass.
+        buffers = dict(official.named_buffers())
+        assert any(not torch.allclose(b, buffers[n]) for n, b in in_place.named_buffers() if "running_mean" in n)
+
+
 def _scripted(values):
     it = iter(values)
     return lambda model: next(it)

@@ -38,7 +38,10 @@ class TrainConfig:
     schedule: str = "cosine"  # key of schedules.SCHEDULES: constant, cosine, onecycle
     augment: bool = True  # the dataset's random crop, plus flip where BackdoorBench flips (CIFAR-10)
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU, where bf16 is often slower
-    channels_last: bool = True  # NHWC memory format on CPU and CUDA (1.2-1.4x on 2 CPU cores: benchmarks/train_step.py)
+    channels_last: bool = True  # NHWC memory format on CPU and CUDA (benchmarks/train_throughput.py measures it)
+    # torch.compile the model for the training loop (CUDA: benchmarks/train_throughput.py measures it; on 2 CPU cores
+    # compiling costs minutes). A speed setting, not part of a model's cache key (compare=False), as threads are not.
+    compile: bool = dataclasses.field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         check_types(self)

@@ -185,6 +185,8 @@ def train(
     # Set the layout both ways: a model loaded in channels_last must not train in it where unsafe.
     model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     x_all, y_all = data.x.to(device), data.y.to(device)
+    # The same parameters behind a compiled forward (its first steps compile; later train() calls reuse the code).
+    forward = torch.compile(model) if config.compile else model
     optimizer = torch.optim.SGD(
         model.parameters(),
         lr=config.lr,
@@ -222,10 +224,10 @@ def train(
                 group["lr"] = lr
             if step is not None:
                 with autocast(device, config.amp):
-                    loss, logits = step(model, x, y, optimizer)
+                    loss, logits = step(forward, x, y, optimizer)
             else:
                 with autocast(device, config.amp):
-                    logits = model(x)
+                    logits = forward(x)
                     loss = F.cross_entropy(logits.float(), y)
                 extra = batch_transform.extra_loss() if batch_transform is not None else None
                 total = loss if extra is None else loss + extra

@@ -52,9 +52,7 @@ class ActivenessAwareStep(Step):
             self._backup = [torch.empty_like(p) for p in params]
         with torch.no_grad():
             torch._foreach_copy_(self._backup, params)
-            # One synchronisation for all the norms, not one per tensor.
-            scale = [self.radius / (n + self.eps) for n in torch.stack(torch._foreach_norm(g1)).tolist()]
-            torch._foreach_add_(params, torch._foreach_mul(g1, scale))
+            torch._foreach_add_(params, torch._foreach_mul(g1, self._scales(g1)))
         for p in params:
             p.grad = None
         norms = [(bn, bn.track_running_stats) for bn in _batch_norms(model)]
@@ -70,6 +68,14 @@ class ActivenessAwareStep(Step):
         g2 = [p.grad for p in params]
         torch._foreach_mul_(g2, self.alpha)
         torch._foreach_add_(g2, g1, alpha=1 - self.alpha)
+
+    def _scales(self, g1: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``r / (||g1_i|| + eps)`` per tensor, as 0-d tensors on the device: no host synchronisation, so a GPU
+        keeps its queue full. Computed in float64 and rounded once, the value a Python float would give
+        (float32 on MPS, which has no float64)."""
+        norms = torch.stack(torch._foreach_norm(g1))
+        wide = torch.float32 if norms.device.type == "mps" else torch.float64
+        return list((self.radius / (norms.to(wide) + self.eps)).to(norms.dtype).unbind())
 
 
 class CopyingActivenessAwareStep(Step):
@@ -99,3 +105,36 @@ class CopyingActivenessAwareStep(Step):
                 p.grad.mul_(1 - self.alpha).add_(q.grad, alpha=self.alpha)
         optimizer.step()
         return loss.detach(), logits.detach()
+
+
+class OfficialActivenessAwareStep(Step):
+    """The update as the official code (linweiii/TSBD, ``train_finetuning_reg``) runs it, for
+    ``benchmarks/stage2_step.py``: per batch a deep copy of the model; both gradient passes on the copy (its
+    BatchNorm statistics are thrown away with it); the combined gradient written into the model; one optimizer
+    step; then a third, train-mode forward of the model with a graph (the official code logs its loss), which
+    is the only update of the model's BatchNorm running statistics. The weights move as with
+    :class:`ActivenessAwareStep`; the running statistics come from the updated weights instead. Adds ``eps``
+    to the norms (the official code divides by them bare). Not used by the defense.
+    """
+
+    def __init__(self, radius: float, alpha: float, eps: float = 1e-12) -> None:
+        self.radius, self.alpha, self.eps = radius, alpha, eps
+
+    def __call__(self, model, x, y, optimizer):
+        shadow = copy.deepcopy(model)
+        shadow.zero_grad(set_to_none=True)
+        F.cross_entropy(shadow(x).float(), y).backward()
+        g1 = [q.grad.clone() if q.grad is not None else None for q in shadow.parameters()]
+        with torch.no_grad():
+            for q, g in zip(shadow.parameters(), g1):
+                if g is not None:
+                    q.add_(g * (self.radius / (g.norm() + self.eps)))
+        shadow.zero_grad(set_to_none=True)
+        F.cross_entropy(shadow(x).float(), y).backward()
+        optimizer.zero_grad(set_to_none=True)
+        for p, q, g in zip(model.parameters(), shadow.parameters(), g1):
+            if g is not None:
+                p.grad = g.mul_(1 - self.alpha).add_(q.grad, alpha=self.alpha)
+        optimizer.step()
+        logits = model(x)  # the third forward: train mode, outside no_grad, as the official loop logs its loss
+        return F.cross_entropy(logits.float(), y).detach(), logits.detach()
