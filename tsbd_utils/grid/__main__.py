@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None,
                    help="local Dask workers (default: one per GPU on CUDA, else 1); not with --address")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads per worker (default: the cores divided among the workers)")
+                   help="CPU threads per cell (default: the cores divided among the local workers; 1 on a cluster)")
     p.add_argument("--address", default=None,
                    help="HOST:PORT of a running `dask scheduler`: run the cells on its workers instead")
     p.add_argument("--connect-timeout", type=float, default=10.0,
@@ -87,7 +87,7 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, dict]:
             raise ValueError(f"--connect-timeout must be > 0 seconds, got {args.connect_timeout}")
         engine["address"] = check_address(args.address)
         engine["connect_timeout"] = args.connect_timeout
-        threads = args.threads or 1
+        threads = 1 if args.threads is None else args.threads  # a GPU cell needs few CPU threads
         if threads < 1:
             raise ValueError(f"--threads must be an int >= 1, got {args.threads!r}")
     elif args.inline:
