@@ -185,3 +185,25 @@ else:
     assert reader.returncode == 0, err
     assert int(out) > 0  # it did read the entry while the writers replaced it
     assert len(list((cache / "model").iterdir())) == 1  # the entry alone: no temporary file left
+
+
+def test_a_failing_cell_fails_only_the_cells_that_need_it(tmp_path):
+    """A cell that raises is reported with its error; a cell that needs it is reported as not run; the others run."""
+    bad = grid.Cell("attack", "no-such-attack")
+    cells = [bad, grid.Cell("unlearn", "no-such-attack", needs=(bad.name,)), grid.Cell("clean")]
+    settings = grid.Settings("smoke", cache_dir=str(tmp_path), threads=1)
+    for outcome in (grid.run_inline(cells, settings, report=lambda _: None),
+                    grid.run_dask(cells, settings, plan=grid.local_plan(1, 1, "cpu"), report=lambda _: None)):
+        assert list(outcome.done) == ["clean"]
+        assert "unknown attack 'no-such-attack'" in outcome.failed["attack/no-such-attack"]
+        assert outcome.failed["unlearn/no-such-attack"] == "not run: it needs attack/no-such-attack, which failed"
+
+
+def test_a_worker_that_sees_another_folder_under_the_cache_path_is_named(tmp_path):
+    from tsbd_utils.grid.engine import _probe_problem
+
+    probe = tmp_path / ".grid-probe-x"
+    assert "no folder" in _probe_problem(str(tmp_path / "absent" / probe.name), "x")
+    assert "another folder than the grid's" in _probe_problem(str(probe), "x")  # the grid's file is not there
+    probe.write_text("x")
+    assert _probe_problem(str(probe), "x") is None

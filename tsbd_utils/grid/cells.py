@@ -27,7 +27,7 @@ import torch
 
 from ..attacks import ATTACKS
 from ..cache import canonical
-from ..defenses import DEFENSES, TSBDConfig
+from ..defenses import TSBDConfig
 from ..registry import Registry
 from ..session import Session, start
 from .. import zoo

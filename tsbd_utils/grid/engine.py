@@ -18,9 +18,11 @@ import logging
 import os
 import re
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -95,11 +97,10 @@ def local_plan(workers: int | None, threads: int | None, device: str = "auto") -
 @dataclass
 class Outcome:
     """What a grid run did: each cell's record (``grid-cell`` marker values), the cells that failed and why, and
-    the cells skipped because they had finished before."""
+    its wall time."""
 
     done: dict[str, dict[str, Any]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
-    skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -134,9 +135,8 @@ def _local_cluster(plan: LocalPlan):
     """A Dask cluster of ``plan.workers`` worker processes on this machine, listening on localhost only."""
     from distributed import Nanny, Scheduler, SpecCluster
 
-    def env(i: int) -> dict[str, str]:
-        limits = {k: str(plan.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-        return {**limits, **({"CUDA_VISIBLE_DEVICES": str(plan.gpus[i])} if plan.gpus is not None else {})}
+    def env(i: int) -> dict[str, str]:  # set in the worker before it first touches CUDA
+        return {"CUDA_VISIBLE_DEVICES": str(plan.gpus[i])} if plan.gpus is not None else {}
 
     workers = {
         f"worker-{i}": {
@@ -155,10 +155,15 @@ def _local_cluster(plan: LocalPlan):
     return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
 
 
-# Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which makes glibc hand freed memory back to the
-# OS almost at once: PyTorch's many short-lived activation buffers then cost an munmap / mmap pair each, and a
-# cell ran 2-3x slower than in a plain process (most of it system time). The thread limits are set per worker.
-WORKER_ENVIRON: dict[str, str] = {}
+def _worker_environ(threads: int) -> dict[str, str | None]:
+    """What a nanny sets before it spawns a local worker (Dask's ``distributed.nanny.pre-spawn-environ``).
+
+    Dask's default sets MALLOC_TRIM_THRESHOLD_=65536, which makes glibc hand freed memory back to the OS almost
+    at once: PyTorch's many short-lived activation buffers then cost an munmap / mmap pair each, and a cell ran
+    2-3x slower than in a plain process, most of it system time. None unsets it (Dask's convention). The thread
+    limits are the cell's share of the cores, read by the math libraries when the worker imports them."""
+    limits = {k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    return {"MALLOC_TRIM_THRESHOLD_": None, **limits}
 
 
 def _connect(address: str, timeout: float):
@@ -181,13 +186,12 @@ def _check_workers(client, settings: Settings) -> dict[str, float]:
     workers = client.scheduler_info()["workers"]
     if not workers:
         raise GridError("the Dask cluster has no workers; start at least one `dask worker <address>`")
-    problems = client.run(_cache_problem, settings.cache_dir)
-    bad = {w: p for w, p in problems.items() if p}
-    if bad:
-        worker, problem = next(iter(bad.items()))
+    problems = _shared_cache_problems(client, Path(settings.cache_dir))
+    if problems:
+        worker, problem = next(iter(problems.items()))
         raise GridError(
-            f"{len(bad)} of {len(problems)} worker(s) cannot use the cache folder {settings.cache_dir} (first, "
-            f"{worker}: {problem}); every worker must see the same shared folder at that path"
+            f"{len(problems)} worker(s) cannot use the cache folder {settings.cache_dir} (first, {worker}: {problem}); "
+            "every worker must see the same shared folder at that path, and write to it"
         )
     trimmed = {w: v for w, v in client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").items() if v is not None}
     if trimmed:
@@ -200,13 +204,31 @@ def _check_workers(client, settings: Settings) -> dict[str, float]:
     return {"GPU": 1} if len(with_gpus) == len(workers) else {}
 
 
-def _cache_problem(folder: str | None) -> str | None:
-    """Why this worker cannot use the cache folder ``folder`` (runs on each worker)."""
-    from ..paths import cache_folder_problem
+def _shared_cache_problems(client, folder: Path) -> dict[str, str]:
+    """The workers that do not see ``folder`` as this process sees it, and why: a file with a fresh token is written
+    here and must be read back, with write access, on every worker (a folder of the same name that is not the
+    shared one holds no such file)."""
+    token = uuid.uuid4().hex
+    probe = folder / f".grid-probe-{token}"
+    folder.mkdir(parents=True, exist_ok=True)
+    probe.write_text(token)
+    try:
+        answers = client.run(_probe_problem, str(probe), token)
+    finally:
+        probe.unlink(missing_ok=True)
+    return {w: p for w, p in answers.items() if p}
 
-    from ..cache import read_only_from_env
 
-    return cache_folder_problem(folder, read_only_from_env()) if folder else "no cache folder was given"
+def _probe_problem(probe: str, token: str) -> str | None:
+    """Why this worker does not share the folder of ``probe`` (None when it does); runs on each worker."""
+    path = Path(probe)
+    if not path.parent.is_dir():
+        return f"there is no folder {path.parent} here (is the shared folder mounted?)"
+    if not path.is_file() or path.read_text() != token:
+        return f"{path.parent} here is another folder than the grid's (the grid's test file is not in it)"
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        return f"{path.parent} is not writable here"
+    return None
 
 
 def run_dask(
@@ -221,15 +243,26 @@ def run_dask(
     """Every cell on Dask workers: a local cluster of ``plan`` or the cluster at ``address``. Each cell is
     submitted with the futures of the cells it needs, so Dask runs it as soon as they have finished; a cell that
     fails fails only the cells that need it."""
-    from distributed import Client, as_completed
-
     if (plan is None) == (address is None):
         raise ValueError("give either a local plan or a scheduler address")
     import dask
+    import distributed  # noqa: F401 - loads its config defaults now, so that they cannot fill in the value set below
 
     start = time.perf_counter()
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_ENVIRON}):
-        cluster = _local_cluster(plan) if plan is not None else None
+    saved = dict(os.environ)  # a nanny sets its pre-spawn variables in this process too: put them back afterwards
+    try:
+        # For the whole run: a nanny that restarts a crashed worker spawns it with this environment too.
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ(settings.threads)}):
+            return _run_on(cells, settings, plan, address, report, connect_timeout, start)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _run_on(cells, settings, plan, address, report, connect_timeout, start) -> Outcome:
+    from distributed import Client, as_completed
+
+    cluster = _local_cluster(plan) if plan is not None else None
     client = Client(cluster) if cluster is not None else _connect(check_address(address), connect_timeout)
     outcome = Outcome()
     try:
