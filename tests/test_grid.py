@@ -22,6 +22,7 @@ from tsbd_utils.zoo import BASELINES
 # Trojan reads the clean model in prepare() (its cell waits for it), WaNet poisons on the fly; every baseline and
 # notebook 07's extras are in, so every kind of cell runs.
 ATTACKS_RUN = ["trojan", "wanet"]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def grid_args(tmp: Path, *extra: str) -> list[str]:
@@ -37,7 +38,7 @@ def tables_of(tmp: Path) -> dict[str, str]:
 def test_the_plan_puts_every_cell_after_the_cells_it_needs():
     cells = grid.plan()
     names = [c.name for c in cells]
-    assert len(names) == len(set(names)) == 1 + len(ATTACKS) * (3 + len(BASELINES) + 6)
+    assert len(names) == len(set(names)) == 2 + len(ATTACKS) * (3 + len(BASELINES) + 8)
     for i, cell in enumerate(cells):
         assert set(cell.needs) <= set(names[:i]), cell
         grid.CELL_KINDS[cell.kind]  # every kind has a runner
@@ -127,6 +128,22 @@ def test_two_workers_give_the_sequential_tables(sequential, tmp_path, capsys):
     assert main(grid_args(tmp_path, "--workers", "2")) == 0
     assert f"{len(grid.plan(ATTACKS_RUN))} finished before, 0 to run" in capsys.readouterr().out
     assert tables_of(tmp_path) == tables_of(sequential)
+
+
+@pytest.mark.notebook
+@pytest.mark.skipif(cores() < 2, reason="two workers need two cores")
+def test_after_the_grid_notebooks_06_and_07_compute_nothing(tmp_path):
+    """Every model and number notebooks 06 and 07 show comes from the grid's cells: no cache miss."""
+    from tsbd_utils.reproduce import run_notebook
+
+    assert main(grid_args(tmp_path, "--workers", "2")) == 0
+    for name in ("06_baseline_defenses", "07_full_tables"):
+        parameters = {"PROFILE": "smoke", "CACHE_DIR": str(tmp_path / "cache"), "FIGURES_DIR": str(tmp_path / "fig"),
+                      "RUN_DIR": str(tmp_path / "nb"), "ATTACK_NAMES": ATTACKS_RUN}
+        notebook = ROOT / "notebooks" / f"{name}.ipynb"
+        run_notebook(notebook, tmp_path / "nb" / notebook.name, parameters)
+        results = json.loads((tmp_path / "nb" / f"{name[:2]}_results.json").read_text())
+        assert results["cache"]["misses"] == 0, (name, results["cache"])
 
 
 @pytest.mark.skipif(cores() < 2, reason="two workers need two cores")

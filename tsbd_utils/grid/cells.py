@@ -30,7 +30,7 @@ from ..cache import canonical
 from ..defenses import TSBDConfig
 from ..registry import Registry
 from ..session import Session, start
-from .. import zoo
+from .. import probes, zoo
 
 # What notebook 07 reads beside Table 1 with its default parameters (the grid's extras).
 MATCHED = ("ft", "nad")  # fine-tuning baselines rerun at TSBD's stage-2 epoch count
@@ -111,13 +111,40 @@ def _tsbd(S: Session, cell: Cell) -> dict[str, Any]:
 
 @CELL_KINDS.register("floor")
 def _floor(S: Session, cell: Cell) -> dict[str, Any]:
-    return _scores(zoo.trigger_floor(S, cell.attack))
+    """The clean model's trigger floor, and how often generic perturbations alone (a brightness offset, a blend,
+    noise) send the backdoored model's images to the target: the shortcut probe notebooks 05 and 07 show."""
+    bd = zoo.backdoored_model(S, cell.attack, progress=False)
+    rates = probes.generic_rates(S, zoo.backdoor_fields(S, cell.attack, bd.attack.config), bd.model,
+                                 target=bd.attack.config.target)
+    return {**_scores(zoo.trigger_floor(S, cell.attack)), "generic_rates": rates}
 
 
 @CELL_KINDS.register("stage2")
 def _stage2(S: Session, cell: Cell) -> dict[str, Any]:
     """Notebook 05's four stage-2 runs (07 reads its vanilla control); TSBD itself is the ``tsbd`` cell's."""
     return {label: _evaluated(S, cell, d) for label, d in zoo.tsbd_runs(S, cell.attack).items()}
+
+
+@CELL_KINDS.register("found")
+def _found(S: Session, cell: Cell) -> dict[str, Any]:
+    """What NC's reverse engineering and i-BAU's perturbation find on the backdoored model (notebook 06's galleries)."""
+    found = zoo.nc_reversed_trigger(S, cell.attack)
+    zoo.ibau_perturbation(S, cell.attack)
+    return {k: v for k, v in found.items() if isinstance(v, (int, float, str, bool))}
+
+
+@CELL_KINDS.register("ranking")
+def _ranking(S: Session, cell: Cell) -> dict[str, Any]:
+    """TSBD with its neurons ranked by *poison* unlearning, an oracle (notebook 05 asks whether the ranking fails)."""
+    zoo.tsbd_model(S, cell.attack, TSBDConfig.for_profile(S.profile), ranking="poison")
+    return {}
+
+
+@CELL_KINDS.register("control")
+def _control(S: Session, cell: Cell) -> dict[str, Any]:
+    """A second clean model with another training seed (notebooks 01 and 05 compare the first one with it)."""
+    trained = zoo.clean_model(S, progress=False, train_seed=S.seed + 1)
+    return {"epochs": len(trained.history.epochs), "train_acc": trained.history.epochs[-1]["train_acc"]}
 
 
 @CELL_KINDS.register("matched")
@@ -142,7 +169,9 @@ def plan(
 
     ``attacks`` (default all eight) and ``baselines`` (default Table 1's eight; TSBD is always in) pick the
     table's rows and columns; ``extras`` adds what notebook 07 reads beside Table 1 (the clean model's
-    trigger floor, notebook 05's stage-2 variants, FT / NAD at TSBD's epochs, FP / ANP with the oracle choice).
+    trigger floor, notebook 05's stage-2 variants, FT / NAD at TSBD's epochs, FP / ANP with the oracle choice)
+    and what notebooks 01, 05 and 06 compute beside it (a second clean model, TSBD with the oracle poison
+    ranking, the triggers NC and i-BAU find).
     """
     attacks = list(ATTACKS) if attacks is None else [ATTACKS.check(a) for a in attacks]
     baselines = list(zoo.BASELINES) if baselines is None else list(baselines)
@@ -151,7 +180,7 @@ def plan(
         raise ValueError(f"unknown baseline(s) {bad}; allowed: {', '.join(zoo.BASELINES)}")
     if len(set(attacks)) != len(attacks) or len(set(baselines)) != len(baselines):
         raise ValueError(f"attacks and baselines must not repeat, got {attacks} and {baselines}")
-    cells = [Cell("clean")]
+    cells = [Cell("clean")] + ([Cell("control")] if extras else [])
     for a in attacks:
         bd = Cell("attack", a, needs=("clean",) if ATTACKS[a].uses_clean_model else ())
         un = Cell("unlearn", a, needs=(bd.name,))
@@ -159,7 +188,8 @@ def plan(
         cells += [Cell("defense", a, d, needs=(bd.name,)) for d in zoo.BASELINES if d in baselines]
         cells.append(Cell("tsbd", a, needs=(un.name,)))
         if extras:
-            cells += [Cell("floor", a, needs=("clean", bd.name)), Cell("stage2", a, needs=(un.name,))]
+            cells += [Cell("floor", a, needs=("clean", bd.name)), Cell("stage2", a, needs=(un.name,)),
+                      Cell("found", a, needs=(bd.name,)), Cell("ranking", a, needs=(bd.name,))]
             cells += [Cell("matched", a, d, needs=(bd.name,)) for d in MATCHED]
             cells += [Cell("oracle", a, d, needs=(bd.name,)) for d in ORACLES]
     return cells
