@@ -98,7 +98,8 @@ def main() -> None:
                         "fashion_mnist): its image shape, crop and flip")
     parser.add_argument("--width", type=int, default=None, help="model width (default: 64 on CUDA, else 16)")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--images", type=int, default=None, help="images per epoch (default: 2560 on a CPU, 25600 on CUDA)")
+    parser.add_argument("--images", type=int, default=None,
+                        help="images per epoch (default: 2560 on a CPU, 25600 on CUDA)")
     parser.add_argument("--rounds", type=int, default=5, help="timed epochs per variant, after one warm-up epoch")
     parser.add_argument("--loader-workers", type=int, default=None,
                         help="baseline DataLoader workers (default: 0 on a CPU, 8 on CUDA)")

@@ -97,7 +97,8 @@ def test_workers_never_oversubscribe_the_cores():
     ],
 )
 def test_the_command_line_refuses_bad_settings_before_anything_runs(tmp_path, capsys, args, message):
-    assert main(["--profile", "smoke", "--cache-dir", str(tmp_path / "c"), "--run-dir", str(tmp_path / "r"), *args]) == 2
+    common = ["--profile", "smoke", "--cache-dir", str(tmp_path / "c"), "--run-dir", str(tmp_path / "r")]
+    assert main([*common, *args]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "r" / "grid" / "grid.json").exists()
 

@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="the table's baseline defenses (default all 8; TSBD is always in)")
     p.add_argument("--no-extras", action="store_true",
                    help="leave out notebook 07's extras (trigger floor, same-budget controls, oracle choices)")
-    p.add_argument("--cache-dir", default=None, help="default: $TSBD_CACHE_DIR, else .cache/ (a shared folder on a cluster)")
+    p.add_argument("--cache-dir", default=None,
+                   help="default: $TSBD_CACHE_DIR, else .cache/ (a shared folder on a cluster)")
     p.add_argument("--data-dir", default=None, help="a folder holding the dataset (default: see README)")
     p.add_argument("--run-dir", default=None, help="default: runs/<profile>/; the tables go to its grid/ folder")
     p.add_argument("--dry-run", action="store_true", help="list the cells, what each needs and which have finished")

@@ -76,7 +76,9 @@ def local_plan(workers: int | None, threads: int | None, device: str = "auto") -
         gpus = torch.cuda.device_count()
         workers = gpus if workers is None else workers
         if workers > gpus:
-            raise ValueError(f"--workers {workers}: this machine has {gpus} GPU(s); allowed: 1-{gpus} (one GPU per cell)")
+            raise ValueError(
+                f"--workers {workers}: this machine has {gpus} GPU(s); allowed: 1-{gpus} (one GPU per cell)"
+            )
         threads = max(1, n_cores // workers) if threads is None else threads
         return LocalPlan(workers, threads, tuple(range(workers)))
     workers = 1 if workers is None else workers
@@ -174,8 +176,8 @@ def _connect(address: str, timeout: float):
     except (OSError, TimeoutError) as err:
         raise GridError(
             f"no Dask scheduler answered at {address} within {timeout:g} s ({type(err).__name__}: {err}); start one "
-            "with `dask scheduler` on that host, and one `dask worker <address> --nthreads 1 --no-nanny --resources GPU=1` "
-            "per GPU "
+            "with `dask scheduler` on that host, and one "
+            "`dask worker <address> --nthreads 1 --no-nanny --resources GPU=1` per GPU "
             "(see README.md, 'The grid on a cluster')"
         ) from None
 
@@ -246,7 +248,9 @@ def run_dask(
     if (plan is None) == (address is None):
         raise ValueError("give either a local plan or a scheduler address")
     import dask
-    import distributed  # noqa: F401 - loads its config defaults now, so that they cannot fill in the value set below
+    import distributed
+
+    del distributed  # imported for its side effect: its config defaults load now and cannot fill in the value below
 
     start = time.perf_counter()
     saved = dict(os.environ)  # a nanny sets its pre-spawn variables in this process too: put them back afterwards
