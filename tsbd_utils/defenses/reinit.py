@@ -116,6 +116,7 @@ def reinitialize(
     *,
     seed: int = 0,
     layers: list[str] | None = None,
+    changes: dict[str, torch.Tensor] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """A copy of ``model`` whose top-NWC neurons are reset by ``scheme`` (a key of :data:`REINIT_SCHEMES`).
 
@@ -127,11 +128,13 @@ def reinitialize(
        initialization (seeded by ``seed``), ``"zero-neurons"`` zeroes the chosen neurons whole.
 
     Returns the copy and a record: neurons and reset weights per layer (``zeroed_weights``, also for
-    ``"random"``, where they are re-drawn), the threshold and the scheme.
+    ``"random"``, where they are re-drawn), the threshold and the scheme. ``changes`` (the weight changes of
+    ``weight_changes(model, unlearned, layers)``, computed once) saves recomputing them for many n and m.
     """
     reset = REINIT_SCHEMES[scheme]
-    layers = layers if layers is not None else nwc_layers(model)
-    changes = weight_changes(model, unlearned, layers)
+    if layers is None:
+        layers = list(changes) if changes is not None else nwc_layers(model)
+    changes = changes if changes is not None else weight_changes(model, unlearned, layers)
     if not all(bool(torch.isfinite(changes[name]).all()) for name in layers):
         # A diverged unlearning (NaN weights): every comparison with NaN is false, so nothing would be reset.
         warnings.warn("the unlearned model has non-finite weights (its unlearning diverged): NWC is undefined and "
