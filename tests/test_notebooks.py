@@ -46,7 +46,7 @@ EXPECTED: dict[str, dict] = {
         ),
     },
     "01": {
-        "figures": ["trigger_gallery", "attack_results"],
+        "figures": ["trigger_gallery", "trigger_explorer", "attack_results"],
         "results": lambda r: (
             0 <= r["clean_acc"] <= 1
             and list(r["attacks"]) == ["badnets", "blended", "inputaware", "lf", "sig", "ssba", "trojan", "wanet"]
@@ -124,7 +124,7 @@ EXPECTED: dict[str, dict] = {
         ),
     },
     "04": {
-        "figures": ["nwc_per_layer", "reinit_sweep", "choosing_n"],
+        "figures": ["nwc_per_layer", "reinit_sweep", "choosing_n", "stage1_explorer"],
         "results": lambda r: (
             r["neuron_ratio"] == 0.25
             and r["rule_choice"] in (0.01, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 0.9)
@@ -137,8 +137,8 @@ EXPECTED: dict[str, dict] = {
     },
     "05": {
         "figures": [
-            "finetune_curves", "tsbd_results", "shortcut_backdoored", "shortcut_after_tsbd", "shortcut_layers",
-            "photometric_variant",
+            "finetune_curves", "tsbd_results", "shortcut_backdoored", "shortcut_after_tsbd", "brightness_explorer",
+            "shortcut_layers", "photometric_variant",
         ],
         "results": lambda r: (
             list(r["attacks"]) == ALL_ATTACKS

@@ -36,11 +36,11 @@ from .defenses.reinit import reinitialize
 from .observations import nwc_layers, weight_changes
 from .session import Session
 
-# The attacks whose trigger has a strength a learner can move: the config field and its slider range.
-STRENGTHS: dict[str, tuple[str, float, float, float]] = {
-    "badnets": ("size", 1, 8, 1),  # side of the square on a 32-pixel image
-    "blended": ("alpha", 0.02, 0.5, 0.02),  # blend weight of the photograph
-    "sig": ("delta", 0.02, 0.4, 0.02),  # amplitude of the sine signal, in [0, 1] pixels
+# The attacks whose trigger has a strength a learner can move: the config field, and its largest value.
+STRENGTHS: dict[str, tuple[str, float]] = {
+    "badnets": ("size", 32),  # side of the white square on a 32-pixel image (an int)
+    "blended": ("alpha", 0.99),  # blend weight of the photograph (below 1)
+    "sig": ("delta", 1.0),  # amplitude of the sine signal, in [0, 1] pixels
 }
 
 
@@ -86,6 +86,17 @@ class TriggerExplorer:
         if name not in STRENGTHS:
             return None
         return float(getattr(self._backdoored(name).attack.config, STRENGTHS[name][0]))
+
+    def scaled(self, name: str, factor: float) -> float | None:
+        """``factor`` times the strength ``name``'s model was trained with (a square's side rounded, at least 1), kept
+        within what the attack allows; None for an attack without a strength."""
+        if name not in STRENGTHS:
+            return None
+        if not factor > 0:
+            raise ValueError(f"factor must be > 0, got {factor!r}")
+        field, top = STRENGTHS[name]
+        value = min(self.default_strength(name) * factor, top)
+        return float(max(1, round(value))) if field == "size" else value
 
     def _backdoored(self, name: str) -> zoo.Backdoored:
         if name not in self._models:
