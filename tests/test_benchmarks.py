@@ -34,3 +34,9 @@ def test_stage2_step_compares_the_in_place_step_with_three_others():
     out = run("stage2_step.py", "--width", "4", "--batch-size", "16", "--repeats", "1", "--device", "cpu")
     for line in ("ratio in place / plain", "ratio in place / copy per batch", "ratio in place / official"):
         assert line in out
+
+
+def test_explorers_benchmark_times_each_explorer(tmp_path):
+    out = run("explorers.py", "--profile", "smoke", "--cache-dir", str(tmp_path / "cache"), "--changes", "2")
+    for label in ("trigger (attack, strength)", "stage 1 (n, m)", "brightness (offset)"):
+        assert label in out and "median" in out

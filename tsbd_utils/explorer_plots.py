@@ -21,7 +21,7 @@ def trigger_figure(view, classes: Sequence[str], title: str) -> Figure:
     show_image(axes[1], view.poisoned, f"poisoned: predicted {classes[view.predicted]}\n"
                                         f"({view.confidence:.0%}, {hit})")
     show_image(axes[2], (view.residual * gain).clamp(0, 1), f"|residual| x{gain:.0f}")
-    strength = "" if view.strength is None else f" at strength {view.strength:g}"
+    strength = "" if view.strength is None else f" at strength {view.strength:.3g}"
     fig.suptitle(f"{title}{strength}")
     fig.tight_layout()
     return fig
@@ -53,7 +53,7 @@ def brightness_figure(view, title: str) -> Figure:
     ax.barh(labels, values, xerr=[100 * view.se(k) for k in labels], capsize=4,
             color=["tab:gray", "tab:red", "tab:green"][: len(labels)])
     ax.set(xlim=(0, 100), xlabel=f"% of {view.images} non-target test images predicted as the target",
-           title=f"{title}: brightness offset +{view.offset:.2f}")
+           title=f"{title}\nbrightness offset +{view.offset:.2f}")
     ax.invert_yaxis()
     fig.tight_layout()
     return fig
