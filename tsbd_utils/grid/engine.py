@@ -3,7 +3,7 @@
 Dask, not Ray: the grid is a fixed graph of long, coarse tasks whose results are small dicts (models travel
 through the shared cache, never through the engine), which ``Client.submit`` with futures as arguments
 expresses directly. Dask is pure Python (distributed and dask are 1.0 and 1.5 MB wheels; Ray 2.60 is a 79 MB
-binary wheel with its own object store, which the grid would not use), starts local workers in about a second,
+binary wheel with its own object store, which the grid would not use), starts two local workers in 3 s here,
 and a cluster is one ``dask scheduler`` and one ``dask worker`` per GPU with the same pinned environment.
 GPUs are a worker *resource*: a worker started with ``--resources GPU=1`` runs one cell at a time on its GPU.
 
