@@ -177,7 +177,8 @@ class Stage1Explorer:
         self.layers = nwc_layers(self.backdoored.model)
         self.calls["weight_changes"] += 1  # once: every n and m ranks the same changes
         self.changes = weight_changes(self.backdoored.model, self.unlearned, self.layers)
-        test = zoo.evaluation_set(session).head(min(eval_images, len(zoo.evaluation_set(session))))
+        test = zoo.evaluation_set(session)
+        test = test.head(min(eval_images, len(test)))
         self.x, self.y = test.x, test.y
         self.x_bd, _ = self.backdoored.attack.backdoor_test(test)
         self._views: dict[tuple[float, float], Stage1View] = {}

@@ -30,6 +30,7 @@ from ..cache import canonical
 from ..defenses import TSBDConfig
 from ..registry import Registry
 from ..session import Session, start
+from ..zoo.table1 import check_baselines
 from .. import probes, zoo
 
 # What notebook 07 reads beside Table 1 with its default parameters (the grid's extras).
@@ -75,10 +76,13 @@ def _scores(ev: dict[str, float]) -> dict[str, float]:
     return {k: float(ev[k]) for k in ("acc", "asr", "ra")}
 
 
+def _trained(trained: zoo.Trained) -> dict[str, Any]:
+    return {"epochs": len(trained.history.epochs), "train_acc": trained.history.epochs[-1]["train_acc"]}
+
+
 @CELL_KINDS.register("clean")
 def _clean(S: Session, cell: Cell) -> dict[str, Any]:
-    trained = zoo.clean_model(S, progress=False)
-    return {"epochs": len(trained.history.epochs), "train_acc": trained.history.epochs[-1]["train_acc"]}
+    return _trained(zoo.clean_model(S, progress=False))
 
 
 @CELL_KINDS.register("attack")
@@ -143,8 +147,7 @@ def _ranking(S: Session, cell: Cell) -> dict[str, Any]:
 @CELL_KINDS.register("control")
 def _control(S: Session, cell: Cell) -> dict[str, Any]:
     """A second clean model with another training seed (notebooks 01 and 05 compare the first one with it)."""
-    trained = zoo.clean_model(S, progress=False, train_seed=S.seed + 1)
-    return {"epochs": len(trained.history.epochs), "train_acc": trained.history.epochs[-1]["train_acc"]}
+    return _trained(zoo.clean_model(S, progress=False, train_seed=S.seed + 1))
 
 
 @CELL_KINDS.register("matched")
@@ -174,10 +177,7 @@ def plan(
     ranking, the triggers NC and i-BAU find).
     """
     attacks = list(ATTACKS) if attacks is None else [ATTACKS.check(a) for a in attacks]
-    baselines = list(zoo.BASELINES) if baselines is None else list(baselines)
-    bad = [d for d in baselines if d not in zoo.BASELINES]
-    if bad:
-        raise ValueError(f"unknown baseline(s) {bad}; allowed: {', '.join(zoo.BASELINES)}")
+    baselines = list(zoo.BASELINES) if baselines is None else check_baselines(baselines)
     if len(set(attacks)) != len(attacks) or len(set(baselines)) != len(baselines):
         raise ValueError(f"attacks and baselines must not repeat, got {attacks} and {baselines}")
     cells = [Cell("clean")] + ([Cell("control")] if extras else [])

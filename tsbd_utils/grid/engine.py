@@ -257,13 +257,15 @@ def run_dask(
     try:
         # For the whole run: a nanny that restarts a crashed worker spawns it with this environment too.
         with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ(settings.threads)}):
-            return _run_on(cells, settings, plan, address, report, connect_timeout, start)
+            outcome = _run_on(cells, settings, plan, address, report, connect_timeout)
     finally:
         os.environ.clear()
         os.environ.update(saved)
+    outcome.seconds = time.perf_counter() - start
+    return outcome
 
 
-def _run_on(cells, settings, plan, address, report, connect_timeout, start) -> Outcome:
+def _run_on(cells, settings, plan, address, report, connect_timeout) -> Outcome:
     from distributed import Client, as_completed
 
     cluster = _local_cluster(plan) if plan is not None else None
@@ -298,5 +300,4 @@ def _run_on(cells, settings, plan, address, report, connect_timeout, start) -> O
         client.close()
         if cluster is not None:
             cluster.close()
-    outcome.seconds = time.perf_counter() - start
     return outcome

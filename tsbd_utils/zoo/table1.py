@@ -26,14 +26,20 @@ BASELINES = tuple(d for d in DEFENSES if d != "tsbd")  # the registry keeps Tabl
 ORACLE_CHOICES = tuple(d for d in BASELINES if "choice" in {f.name for f in dataclasses.fields(DEFENSES[d].config)})
 
 
+def check_baselines(baselines: Sequence[str]) -> list[str]:
+    """``baselines`` as a list, or an error naming the unknown ones and the allowed (Table 1's eight)."""
+    bad = [d for d in baselines if d not in BASELINES]
+    if bad:
+        raise ValueError(f"unknown baseline(s) {bad}; allowed: {', '.join(BASELINES)}")
+    return list(baselines)
+
+
 def main_runs(
     session: Session, names: Sequence[str], baselines: Sequence[str] = BASELINES
 ) -> dict[str, dict[str, Defended]]:
     """Table 1's defended models by column title: the eight baselines (or those of ``baselines``, in Table 1's
     order), then TSBD; all cached."""
-    bad = [d for d in baselines if d not in BASELINES]
-    if bad:
-        raise ValueError(f"unknown baseline(s) {bad}; allowed: {', '.join(BASELINES)}")
+    check_baselines(baselines)
     runs = {DEFENSES[d].title: {n: defended_model(session, n, d) for n in names} for d in BASELINES if d in baselines}
     config = TSBDConfig.for_profile(session.profile)  # notebook 05's TSBD column (the key has its curve size)
     runs[DEFENSES["tsbd"].title] = {n: tsbd_model(session, n, config, curve_size=CURVE_IMAGES) for n in names}
