@@ -12,10 +12,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tsbd_utils import assignments, reproduce
+from tsbd_utils import assignments, paths
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = reproduce.notebooks(ROOT / "notebooks")
+NOTEBOOKS = paths.notebooks(ROOT / "notebooks")
 WITH_EXERCISES = [p for p in NOTEBOOKS if p.name[:2] <= "07"]
 
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tsbd_utils import book, reproduce
+from tsbd_utils import book, paths
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = reproduce.notebooks(ROOT / "notebooks")
+NOTEBOOKS = paths.notebooks(ROOT / "notebooks")
 PNG = base64.b64encode(b"\x89PNG /not/a/path/tmp/run").decode()  # an image's bytes are never rewritten
 
 

@@ -12,7 +12,7 @@ from tsbd_utils import data, models
 from tsbd_utils.config import PROFILES
 from tsbd_utils.defenses import DEFENSES, anp, masks, pruning
 from tsbd_utils.defenses.anp import ANPConfig
-from tsbd_utils.defenses.common import OracleData
+from tsbd_utils.defenses import OracleData
 
 
 def _spec():
@@ -85,23 +85,25 @@ def test_masked_bn_scales_the_weight_by_mask_plus_noise_and_the_bias_by_one_plus
     torch.testing.assert_close(masked(x), expected)
 
 
-def test_attach_then_fold_gives_back_plain_batchnorms_and_the_original_class():
+def test_attach_masks_keeps_the_class_and_module_names_and_scales_each_neuron_by_its_mask():
     model = _model().eval()
     names = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    x = torch.rand(4, 1, 16, 16)
+    plain_out = model(x)
     layers = masks.attach_masks(model)
     assert list(layers) == names and type(model) is models.PreActResNet18
     assert all(isinstance(model.get_submodule(n), masks.MaskedBatchNorm2d) for n in names)
+    torch.testing.assert_close(model(x), plain_out)  # masks start at one: the same function
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for m in layers.values():
             m.neuron_mask.copy_(torch.rand(m.num_features, generator=g))
-    x = torch.rand(4, 1, 16, 16)
-    masked_out = model(x)
-    masks.fold_masks(model)
-    assert type(model) is models.PreActResNet18
-    assert all(type(model.get_submodule(n)) is nn.BatchNorm2d for n in names)
-    assert set(model.state_dict()) == set(_model().state_dict())
-    torch.testing.assert_close(model(x), masked_out)  # the mask now lives in the weight
+    folded = _model().eval()  # the same weights with each mask multiplied into its BN weight
+    folded.load_state_dict({k: v for k, v in model.state_dict().items() if "neuron_" not in k})
+    with torch.no_grad():
+        for n, m in layers.items():
+            folded.get_submodule(n).weight.mul_(m.neuron_mask)
+    torch.testing.assert_close(model(x), folded(x))
 
 
 def test_prune_neurons_zeroes_exactly_the_neurons_whose_mask_is_below_the_threshold():

@@ -37,14 +37,14 @@ def _images(n=24, size=16, classes=10, seed=0):
     )
 
 
-TINY = nc.NCConfig(nc_epoch=2, batch_size=8, epoch_images=16, finetune=FineTuning(epochs=1, batch_size=8))
+TINY = nc_reverse.NCConfig(nc_epoch=2, batch_size=8, epoch_images=16, finetune=FineTuning(epochs=1, batch_size=8))
 
 
-def _trigger(norm_pixels: int, size=16) -> nc.Trigger:
+def _trigger(norm_pixels: int, size=16) -> nc_reverse.Trigger:
     """A trigger whose mask covers ``norm_pixels`` pixels of the top rows with 1 (norm = pixel count)."""
     mask = torch.zeros(1, size, size)
     mask.view(-1)[:norm_pixels] = 1.0
-    return nc.Trigger(mask, torch.ones(1, size, size), float(norm_pixels))
+    return nc_reverse.Trigger(mask, torch.ones(1, size, size), float(norm_pixels))
 
 
 # ------------------------------------------------------------------------------------------ outlier test
@@ -86,7 +86,7 @@ def test_zero_mad_makes_a_lower_norm_infinitely_anomalous():
 
 
 def test_cost_schedule_and_early_stop_follow_backdoorbench():
-    config = nc.NCConfig(patience=2, early_stop_patience=3)
+    config = nc_reverse.NCConfig(patience=2, early_stop_patience=3)
     s = nc_reverse._Schedule(config, config.init_cost)
     mask, pattern = torch.zeros(1, 2, 2), torch.zeros(1, 2, 2)
     assert not s.end_epoch(0.5, 10.0, mask + 0.9, pattern)  # failed: first epoch's mask kept as fallback
@@ -118,8 +118,8 @@ class PixelModel(nn.Module):
 
 def test_reverse_engineering_finds_the_one_pixel_trigger():
     clean = ImageData(torch.zeros(32, 1, 8, 8, dtype=torch.uint8), torch.full((32,), 2))
-    config = nc.NCConfig(nc_epoch=60, batch_size=8, epoch_images=16)
-    triggers = nc.reverse_engineer_all(PixelModel(), clean, config, seed=0, labels=[0, 1])
+    config = nc_reverse.NCConfig(nc_epoch=60, batch_size=8, epoch_images=16)
+    triggers = nc_reverse.reverse_engineer_all(PixelModel(), clean, config, seed=0, labels=[0, 1])
     one_pixel, whole = triggers
     assert one_pixel.mask.shape == (1, 8, 8) and one_pixel.pattern.shape == (1, 8, 8)
     assert one_pixel.mask.flatten().argmax() == 0 and one_pixel.norm < 2.0
@@ -128,7 +128,7 @@ def test_reverse_engineering_finds_the_one_pixel_trigger():
     # Stamped clean images go to the label.
     assert PixelModel()(one_pixel.stamp(clean.float())).argmax(1).eq(0).all()
     # The single-label helper follows the same path as the batched run.
-    mask, _, norm = nc.reverse_engineer(PixelModel(), clean, 0, config, seed=0)
+    mask, _, norm = nc_reverse.reverse_engineer(PixelModel(), clean, 0, config, seed=0)
     assert norm == pytest.approx(one_pixel.norm, rel=1e-4) and torch.allclose(mask, one_pixel.mask, atol=1e-5)
 
 
@@ -197,7 +197,7 @@ def test_registry_run_on_a_tiny_model_is_deterministic_and_leaves_the_input_alon
         assert torch.equal(value, second.model.state_dict()[name]), name
     assert type(first.model) is type(model) and not first.model.training
     # Precomputed triggers give the same decision and model.
-    triggers = nc.reverse_engineer_all(model, clean, TINY, seed=3, spec=_spec())
+    triggers = nc_reverse.reverse_engineer_all(model, clean, TINY, seed=3, spec=_spec())
     reused = DEFENSES["nc"](model, clean, TINY, spec=_spec(), seed=3, triggers=triggers)
     assert reused.record == record
 
@@ -223,19 +223,19 @@ def test_registry_run_on_a_tiny_model_is_deterministic_and_leaves_the_input_alon
 def test_bad_config_values_fail_naming_the_value(field, value):
     # a value of the wrong type is named by check_types, a wrong value of the right type by the range checks
     with pytest.raises(ValueError, match=rf"{field}(=| must be .*, got ){re.escape(repr(value))}"):
-        nc.NCConfig(**{field: value})
+        nc_reverse.NCConfig(**{field: value})
 
 
 def test_profiles_scale_fine_tuning_and_shorten_epochs():
-    paper = nc.NCConfig.for_profile(tconfig.PROFILES["paper"])
+    paper = nc_reverse.NCConfig.for_profile(tconfig.PROFILES["paper"])
     assert (paper.nc_epoch, paper.batch_size, paper.epoch_images, paper.finetune.epochs) == (80, 256, None, 100)
-    assert paper == nc.NCConfig()
-    quick = nc.NCConfig.for_profile(tconfig.PROFILES["quick"])
+    assert paper == nc_reverse.NCConfig()
+    quick = nc_reverse.NCConfig.for_profile(tconfig.PROFILES["quick"])
     assert quick.finetune.epochs == 10 and quick.nc_epoch == 80
     assert (quick.batch_size, quick.epoch_images) == (8, 40)
-    smoke = nc.NCConfig.for_profile(tconfig.PROFILES["smoke"])
+    smoke = nc_reverse.NCConfig.for_profile(tconfig.PROFILES["smoke"])
     assert (smoke.nc_epoch, smoke.finetune.epochs, smoke.batch_size) == (2, 2, 8)
-    assert nc.NCConfig.for_profile(tconfig.PROFILES["smoke"], nc_epoch=3).nc_epoch == 3
+    assert nc_reverse.NCConfig.for_profile(tconfig.PROFILES["smoke"], nc_epoch=3).nc_epoch == 3
     assert config_for("nc", tconfig.PROFILES["quick"]) == quick
 
 
@@ -287,7 +287,7 @@ def test_nc_flags_and_unlearns_the_target_of_a_planted_patch_trigger():
     asr = metrics.attack_success_rate(metrics.predict(model, x_bd, 256, "cpu"), 0)
     assert asr > 0.9  # the backdoor is in
 
-    config = nc.NCConfig.for_profile(tconfig.PROFILES["quick"], finetune=FineTuning(epochs=5, batch_size=64))
+    config = nc_reverse.NCConfig.for_profile(tconfig.PROFILES["quick"], finetune=FineTuning(epochs=5, batch_size=64))
     result = DEFENSES["nc"](model, clean, config, spec=spec, seed=0)
     record = result.record
     # The target is flagged first (smallest norm) and stands far above every clean class; the MAD

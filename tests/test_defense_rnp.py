@@ -10,7 +10,7 @@ import torch
 from tsbd_utils import data, models
 from tsbd_utils.config import PROFILES
 from tsbd_utils.defenses import DEFENSES, masks, pruning, rnp
-from tsbd_utils.defenses.common import OracleData
+from tsbd_utils.defenses import OracleData
 from tsbd_utils.defenses.rnp import MultiStepAscent, RNPConfig
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from tsbd_utils import config, zoo
+from tsbd_utils import config, tables
 from tsbd_utils.defenses import DEFENSE_CONFIGS, DEFENSES, DefenseContext, DefenseResult, DefenseSpec
 from tsbd_utils.defenses.base import COMMON_INPUTS, CONTEXT_OPTIONS
 
@@ -106,7 +106,7 @@ def _long():
 
 
 def test_by_attack_lays_the_long_table_out_as_table_1_with_the_mean_of_per_attack_values():
-    wide = zoo.by_attack(_long(), ("ASR", "DER"), {"badnets": "BadNets", "wanet": "WaNet"})
+    wide = tables.by_attack(_long(), ("ASR", "DER"), {"badnets": "BadNets", "wanet": "WaNet"})
     assert list(wide.index) == ["BadNets", "WaNet", "average"]
     assert list(wide.columns) == [("ASR", "none"), ("ASR", "FT"), ("DER", "none"), ("DER", "FT")]
     assert wide.loc["WaNet", ("ASR", "FT")] == 0.5
@@ -122,10 +122,10 @@ def test_a_methods_average_does_not_depend_on_the_other_methods_beside_it():
          for m in "abcdefghij" for a in "pqrstuvw"]
     )
     for k in range(1, 11):
-        alone = zoo.by_attack(long[long["method"].isin(list("abcdefghij"[:k]))])
+        alone = tables.by_attack(long[long["method"].isin(list("abcdefghij"[:k]))])
         assert alone.loc["average", ("ASR", "a")] == long[long["method"] == "a"]["ASR"].to_numpy().mean()
 
 
 def test_by_attack_refuses_an_unknown_metric():
     with pytest.raises(ValueError, match=r"unknown metric\(s\) \['PSNR'\]; allowed: ACC, ASR, RA, DER, seconds"):
-        zoo.by_attack(_long(), ("ASR", "PSNR"))
+        tables.by_attack(_long(), ("ASR", "PSNR"))

@@ -10,7 +10,8 @@ from torch import nn
 from tsbd_utils import config, data, models
 from tsbd_utils.defenses import DEFENSE_CONFIGS, DEFENSES, common, config_for, nad
 from tsbd_utils.defenses.clp import CLPConfig, channel_lipschitz
-from tsbd_utils.defenses.common import OracleData, scaled_epochs, select_amount
+from tsbd_utils.defenses import OracleData
+from tsbd_utils.defenses.common import scaled_epochs, select_amount
 from tsbd_utils.defenses.fp import FPConfig, head_inputs
 from tsbd_utils.defenses.nad import NADConfig, attention_loss, attention_map
 from tsbd_utils.registry import UnknownNameError

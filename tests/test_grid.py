@@ -15,6 +15,7 @@ import pytest
 
 from tsbd_utils import grid
 from tsbd_utils.attacks import ATTACKS
+from tsbd_utils.exports import table1_file
 from tsbd_utils.grid.__main__ import main
 from tsbd_utils.grid.engine import cores
 from tsbd_utils.zoo import BASELINES
@@ -32,7 +33,7 @@ def grid_args(tmp: Path, *extra: str) -> list[str]:
 
 def tables_of(tmp: Path) -> dict[str, str]:
     out = tmp / "run" / "grid"
-    return {name: (out / f"{name}.csv").read_text() for name in ("table1", "extras")}
+    return {name: table1_file(out, "csv", extra=name == "extras").read_text() for name in ("table1", "extras")}
 
 
 def test_the_plan_puts_every_cell_after_the_cells_it_needs():

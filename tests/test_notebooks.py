@@ -10,10 +10,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tsbd_utils import metrics, reproduce
+from tsbd_utils import metrics, paths, reproduce
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
-NOTEBOOKS = reproduce.notebooks(NOTEBOOKS_DIR)
+NOTEBOOKS = paths.notebooks(NOTEBOOKS_DIR)
 REQUIRED_PARAMETERS = {  # every notebook declares these (reproduce.py passes them), with these defaults
     "PROFILE": "quick",
     "DATASET": None,

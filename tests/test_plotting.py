@@ -2,7 +2,7 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from tsbd_utils import plotting
+from tsbd_utils import galleries, plotting
 
 
 def test_savefig_writes_a_png_under_a_stable_name(tmp_path):
@@ -27,11 +27,11 @@ def test_savefig_rejects_unstable_names(tmp_path, name):
 
 def test_image_grid_and_flow_diagram(tmp_path):
     images = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8)
-    fig = plotting.image_grid(images, 2, 3, title="grid", row_labels=["a", "b"])
+    fig = galleries.image_grid(images, 2, 3, title="grid", row_labels=["a", "b"])
     assert len(fig.axes) == 6 and fig.axes[0].get_ylabel() == "a"
     with pytest.raises(ValueError, match="cannot fill a 3 x 3 grid"):
-        plotting.image_grid(images, 3, 3, title="grid")
-    rgb = plotting.image_grid(torch.rand(2, 3, 8, 8), 1, 2, title="rgb")
+        galleries.image_grid(images, 3, 3, title="grid")
+    rgb = galleries.image_grid(torch.rand(2, 3, 8, 8), 1, 2, title="rgb")
     flow = plotting.flow_diagram([("A", ["x", "y"]), ("B", ["z"])], title="flow")
     assert flow.axes[0].get_title() == "flow"
     for f in (fig, rgb, flow):
@@ -48,16 +48,11 @@ def test_panel_grid_hides_unused_panels_and_takes_a_height():
 
 
 def test_found_trigger_gallery_puts_the_real_trigger_above_what_was_found():
-    import pytest
-    import torch
-
-    from tsbd_utils import plotting
-
     real = {"BadNets": torch.rand(1, 8, 8), "WaNet": torch.rand(1, 8, 8)}
     found = {"BadNets": (torch.rand(1, 8, 8), "reversed"), "WaNet": (torch.rand(1, 8, 8), "reversed")}
-    fig = plotting.found_trigger_gallery(real, found, title="t")
+    fig = galleries.found_trigger_gallery(real, found, title="t")
     assert len(fig.axes) == 4 and fig.axes[0].get_title() == "BadNets\nreal trigger"
     assert fig.axes[2].get_title() == "reversed"  # second row, first column
     plt.close(fig)
     with pytest.raises(ValueError, match="must name the same attacks"):
-        plotting.found_trigger_gallery(real, {"BadNets": found["BadNets"]}, title="t")
+        galleries.found_trigger_gallery(real, {"BadNets": found["BadNets"]}, title="t")

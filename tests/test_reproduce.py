@@ -6,7 +6,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tsbd_utils import data, reproduce
+from tsbd_utils import data, paths, reproduce
 
 from .test_data import write_fmnist
 
@@ -46,7 +46,7 @@ def test_cli_runs_in_order_and_rejects_bad_names(tmp_path, capsys):
             "PROFILE = 'quick'\nDATASET = None\nSEED = 0\nDEVICE = 'auto'\n"
             "CACHE_DIR = None\nFIGURES_DIR = '.'\nRUN_DIR = None\nDATA_DIR = None",
         )
-    assert [p.name for p in reproduce.notebooks(folder)] == ["00_a.ipynb", "01_b.ipynb"]
+    assert [p.name for p in paths.notebooks(folder)] == ["00_a.ipynb", "01_b.ipynb"]
     assert reproduce.main(["--profile", "fast", "--notebooks-dir", str(folder)]) == 2
     assert "unknown profile 'fast'; allowed: smoke, quick, paper" in capsys.readouterr().err
     assert reproduce.main(["--dataset", "svhn", "--notebooks-dir", str(folder)]) == 2
@@ -78,20 +78,13 @@ def test_cli_runs_in_order_and_rejects_bad_names(tmp_path, capsys):
     assert (run_dir / "01_b.ipynb").exists()
 
 
-@pytest.mark.parametrize(
+@pytest.mark.parametrize(  # the settings reproduce shares with the grid: tests/test_cli.py
     "extra, message",
     [
-        (["--seed", "-1"], "--seed must be an int >= 0, got -1"),
-        (["--device", "tpu"], "unknown device 'tpu'; allowed: auto, cpu, cuda, cuda:N, mps"),
-        (["--data-dir", "{tmp}/no-such-folder"], r"the data folder .*no-such-folder \(from DATA_DIR / --data-dir\) "
-                                                 "does not exist"),
-        (["--data-dir", "{tmp}/a-file"], r"the data folder .*a-file \(from DATA_DIR / --data-dir\) is a file"),
-        (["--cache-dir", "{tmp}/a-file/cache"], r"cache folder .*a-file/cache cannot be used: .*a-file, on the way"),
-        (["--figures-dir", "{tmp}/a-file"], r"the figures folder .*a-file cannot be used: .*a-file is a file"),
+        (["--figures-dir", "{tmp}/a-file"], r"--figures-dir: the folder .*a-file cannot be used: .*a-file is a file"),
+        (["--figures-dir", ""], r"--figures-dir must be a folder path \(a non-empty string\), got ''"),
         (["--notebooks-dir", "{tmp}/none"], r"--notebooks-dir .*none is not a folder"),
-        (["--cache-read-only", "--cache-dir", "{tmp}/no-cache"],
-         r"cache folder .*no-cache cannot be used: .*no-cache is not an existing folder \(a read-only cache"),
-        (["--cache-read-only", "--cache-dir", "{tmp}/a-file"], r"cache folder .*a-file cannot be used: .*not an existing"),
+        (["--only", "07"], r"no notebook numbered 07; allowed: 00"),
     ],
 )
 def test_bad_settings_are_refused_before_anything_is_written(tmp_path, capsys, extra, message):

@@ -27,7 +27,18 @@ def test_resolve_device():
             {"profile": "smoke", "dataset": "imagenet"},
             "unknown dataset 'imagenet'; allowed: fashion_mnist, cifar10, gtsrb",
         ),
-        ({"profile": "smoke", "seed": -1}, "SEED must be an int >= 0, got -1"),
+        ({"profile": "smoke", "seed": -1}, r"SEED must be an int in 0\.\.4294967295, got -1"),
+        ({"profile": "smoke", "seed": 2**64}, r"SEED must be an int in 0\.\.4294967295, got 18446744073709551616"),
+        ({"profile": "smoke", "seed": 1.0}, r"SEED must be an int in 0\.\.4294967295, got 1\.0"),
+        ({"profile": "smoke", "cache_dir": 0}, r"CACHE_DIR must be a folder path \(a non-empty string\) or None, got 0"),
+        ({"profile": "smoke", "cache_dir": ""}, r"CACHE_DIR must be a folder path .* or None, got ''"),
+        ({"profile": "smoke", "data_dir": ""}, r"DATA_DIR must be a folder path .* or None, got ''"),
+        ({"profile": "smoke", "figures_dir": 7}, r"FIGURES_DIR must be a folder path \(a non-empty string\), got 7"),
+        ({"profile": "smoke", "figures_dir": ["a"]}, r"FIGURES_DIR must be a folder path .* got \['a'\]"),
+        ({"profile": "smoke", "figures_dir": None}, r"FIGURES_DIR must be a folder path \(a non-empty string\), got None"),
+        ({"profile": "smoke", "run_dir": {"a": 1}}, r"RUN_DIR must be a folder path .* got \{'a': 1\}"),
+        ({"profile": "smoke", "cache_dir": "{tmp}/loop"}, r"CACHE_DIR .*loop cannot be used: .*symbolic link that "
+                                                           r"leads nowhere"),
         ({"profile": "smoke", "device": "gpu"}, "unknown device 'gpu'"),
         ({"profile": "smoke", "cache_dir": "{tmp}/a-file/c"}, r"CACHE_DIR .*a-file/c cannot be used: .*a-file, on the way"),
         ({"profile": "smoke", "figures_dir": "{tmp}/a-file"}, r"FIGURES_DIR .*a-file cannot be used: .*is a file"),
@@ -36,11 +47,12 @@ def test_resolve_device():
 )
 def test_start_rejects_bad_parameters_before_doing_anything(tmp_path, kwargs, message):
     (tmp_path / "a-file").write_text("not a folder")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
     folders = {"cache_dir": str(tmp_path / "c"), "figures_dir": str(tmp_path / "f"), "run_dir": str(tmp_path / "r")}
-    folders.update({k: v.format(tmp=tmp_path) for k, v in kwargs.items() if k in folders})
+    folders.update({k: v.format(tmp=tmp_path) if isinstance(v, str) else v for k, v in kwargs.items() if k in folders})
     with pytest.raises(ValueError, match=message):
         session.start("00", **{**{k: v for k, v in kwargs.items() if k not in folders}, **folders})
-    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "loop"]
 
 
 def test_start_refuses_a_missing_read_only_cache_and_accepts_an_existing_one(tmp_path, monkeypatch):

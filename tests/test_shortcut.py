@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from tsbd_utils import config, data, models, observations, shortcut
+from tsbd_utils import config, data, models, shortcut, unlearning
 from tsbd_utils.attacks import ATTACKS, AttackContext
 from tsbd_utils.attacks.lf import LFConfig, gaussian_blur, rescale
 from tsbd_utils.defenses import TSBDConfig, activeness_aware_finetune
@@ -176,5 +176,5 @@ def test_stage_2_passes_every_clean_batch_through_the_lift(tiny_images):
 
 
 def test_unlearning_and_stage_2_run_in_float32_on_every_device():
-    assert observations.UnlearnConfig().train_config().amp is False
+    assert unlearning.UnlearnConfig().train_config().amp is False
     assert TSBDConfig().finetune_config().amp is False

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from tsbd_utils import data, models, observations
+from tsbd_utils import data, models, observations, unlearning
 from tsbd_utils.defenses import DEFENSES, ActivenessAwareStep, TSBDConfig, zero_reinit
-from tsbd_utils.defenses.tsbd import CopyingActivenessAwareStep
+from tsbd_utils.defenses.activeness import CopyingActivenessAwareStep
 from tsbd_utils.training import Step
 
 
@@ -152,11 +152,11 @@ def test_unlearning_stops_at_the_first_epoch_at_or_under_the_threshold(tiny_imag
     x, y = tiny_images
     clean = data.ImageData(x, y)
     model = _tiny_model()
-    run = observations.unlearn(
+    run = unlearning.unlearn(
         model, clean, _scripted([0.5, 0.2, 0.1, 0.0]), 0.1, metric="acc", spec=_spec(), seed=0, max_epochs=10
     )
     assert run.epochs == 3 and run.reached and [e["acc"] for e in run.history.epochs] == [0.5, 0.2, 0.1]
-    capped = observations.unlearn(
+    capped = unlearning.unlearn(
         model, clean, _scripted([0.9] * 5), 0.1, metric="acc", spec=_spec(), seed=0, max_epochs=4
     )
     assert capped.epochs == 4 and not capped.reached
@@ -177,25 +177,25 @@ def test_a_diverging_unlearning_stops_at_its_last_finite_epoch(tiny_images):
                 m.linear.weight[0, 0] = float("inf")
         return 0.9
 
-    run = observations.unlearn(
+    run = unlearning.unlearn(
         model, data.ImageData(x, y), monitor, 0.1, metric="acc", spec=_spec(), seed=0, max_epochs=10
     )
     assert run.diverged and not run.reached and kept["calls"] == 2  # epoch 3 ended non-finite: stopped there
     assert run.epochs == 2 and len(run.history.seconds) == 2  # the diverged epoch is not counted
-    assert observations.finite_state(run.model)
+    assert unlearning.finite_state(run.model)
     assert all(torch.equal(v, kept["state"][k]) for k, v in run.model.state_dict().items())
 
 
 def test_a_real_ascent_that_overflows_is_caught_not_run_to_the_cap(tiny_images):
     x, y = tiny_images
-    wild = observations.UnlearnConfig(lr=1e6, batch_size=16)  # no floor on the loss: the weights overflow
-    run = observations.clean_unlearn(
+    wild = unlearning.UnlearnConfig(lr=1e6, batch_size=16)  # no floor on the loss: the weights overflow
+    run = unlearning.clean_unlearn(
         _tiny_model(), data.ImageData(x, y), spec=_spec(), seed=0, config=wild, max_epochs=200
     )
-    assert run.diverged and run.epochs < 200 and observations.finite_state(run.model)
-    calm = observations.clean_unlearn(
+    assert run.diverged and run.epochs < 200 and unlearning.finite_state(run.model)
+    calm = unlearning.clean_unlearn(
         _tiny_model(), data.ImageData(x, y), spec=_spec(), seed=0,
-        config=observations.UnlearnConfig(lr=0.05, batch_size=16), max_epochs=50,
+        config=unlearning.UnlearnConfig(lr=0.05, batch_size=16), max_epochs=50,
     )
     assert not calm.diverged and calm.reached
 
@@ -203,17 +203,17 @@ def test_a_real_ascent_that_overflows_is_caught_not_run_to_the_cap(tiny_images):
 def test_clean_and_poison_unlearning_stop_where_their_rules_say(tiny_images):
     x, y = tiny_images
     model = _tiny_model()
-    fast = observations.UnlearnConfig(lr=0.05, batch_size=16)
-    run = observations.clean_unlearn(model, data.ImageData(x, y), spec=_spec(), seed=0, config=fast, max_epochs=50)
+    fast = unlearning.UnlearnConfig(lr=0.05, batch_size=16)
+    run = unlearning.clean_unlearn(model, data.ImageData(x, y), spec=_spec(), seed=0, config=fast, max_epochs=50)
     accs = [e["clean_acc"] for e in run.history.epochs]
     assert run.reached and accs[-1] <= 0.10 and all(a > 0.10 for a in accs[:-1])
-    poison = observations.poison_unlearn(
+    poison = unlearning.poison_unlearn(
         model, x, 1, spec=_spec(), seed=0, config=dataclasses.replace(fast, augment=False), max_epochs=50
     )
     asrs = [e["asr"] for e in poison.history.epochs]
     assert poison.reached and asrs[-1] <= 0.05 and all(a > 0.05 for a in asrs[:-1])
     with pytest.raises(ValueError, match="uint8"):
-        observations.poison_unlearn(model, x.float(), 1, spec=_spec(), seed=0)
+        unlearning.poison_unlearn(model, x.float(), 1, spec=_spec(), seed=0)
 
 
 def test_activeness_records_one_norm_per_output_channel(tiny_images):
@@ -243,7 +243,7 @@ def test_tsbd_through_the_registry_leaves_the_input_model_alone(tiny_images):
     x, y = tiny_images
     model = _tiny_model()
     before = copy.deepcopy(model.state_dict())
-    config = TSBDConfig(neuron_ratio=0.3, epochs=2, unlearn=observations.UnlearnConfig(lr=0.05, max_epochs=3))
+    config = TSBDConfig(neuron_ratio=0.3, epochs=2, unlearn=unlearning.UnlearnConfig(lr=0.05, max_epochs=3))
     result = DEFENSES["tsbd"](model, data.ImageData(x, y), config, spec=_spec(), seed=0)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert type(result.model) is type(model)
@@ -257,7 +257,7 @@ def test_tsbd_through_the_registry_leaves_the_input_model_alone(tiny_images):
 
 
 def test_the_n_rule_takes_the_smallest_ratio_that_costs_a_third_of_the_clean_accuracy():
-    from tsbd_utils.defenses.tsbd import choose_neuron_ratio
+    from tsbd_utils.defenses.reinit import choose_neuron_ratio
 
     curve = {0.1: 0.85, 0.2: 0.62, 0.25: 0.55, 0.3: 0.40}
     assert choose_neuron_ratio(curve, before=0.9) == 0.25  # 2/3 x 0.9 = 0.6
@@ -287,7 +287,7 @@ def test_notebooks_zoo_and_direct_calls_get_one_setting(profile):
     from tsbd_utils import zoo
     from tsbd_utils.config import PROFILES
     from tsbd_utils.defenses import ANPConfig, config_for
-    from tsbd_utils.observations import UnlearnConfig
+    from tsbd_utils.unlearning import UnlearnConfig
 
     p = PROFILES[profile]
     tsbd = TSBDConfig.for_profile(p)

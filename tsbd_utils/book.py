@@ -28,12 +28,12 @@ from typing import Any
 import nbformat
 
 from .atomic import atomic_path
-from .paths import project_root
-from .reproduce import notebooks
+from .exports import markdown_rows, table1_file
+from .paths import notebooks, project_root
 
 EXECUTED = Path("figures") / "executed"  # the executed copies the book renders, relative to the project
 SOURCE = Path("notebooks") / "book"  # configuration, landing page template, references
-TABLE = Path("figures") / "07_table1.md"
+TABLE = table1_file("figures")  # notebook 07's Markdown export, relative to the project
 HEATMAP = Path("figures") / "07_der_heatmap.png"
 RELATIVE = {"CACHE_DIR": ".cache", "FIGURES_DIR": "figures", "RUN_DIR": "runs/quick", "DATA_DIR": "data"}
 MARKERS = ("{{ table1 }}", "{{ takeaways }}")
@@ -188,7 +188,7 @@ def assemble(out: Path, root: Path | None = None) -> Path:
         shutil.copy2(sources[name], out / "downloads" / name)
     (out / "figures").mkdir()
     shutil.copy2(root / HEATMAP, out / "figures" / HEATMAP.name)
-    table = "\n".join(line for line in (root / TABLE).read_text().splitlines() if line.startswith("|"))
+    table = "\n".join(markdown_rows(root / TABLE))
     intro = (out / "intro.md").read_text()
     if any(m not in intro for m in MARKERS):
         raise ValueError(f"{SOURCE / 'intro.md'} must hold the markers {MARKERS}")

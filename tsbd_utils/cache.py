@@ -277,7 +277,7 @@ class Cache:
             return value
 
         value, stored_info = self.get_or_compute_with_info(kind, fields, compute, info, check)
-        stored = _prefixed(value, "state.")
+        stored = model_state(value)
         problem = _architecture_mismatch(stored, model.state_dict())
         if problem:  # the key's fields left out something that shapes the model (its width, ...)
             raise RuntimeError(
@@ -306,3 +306,9 @@ def _architecture_mismatch(stored: dict[str, torch.Tensor], expected: dict[str, 
 
 def _prefixed(value: Artifact, prefix: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix(prefix): v for k, v in value.items() if k.startswith(prefix)}
+
+
+def model_state(value: Artifact) -> dict[str, torch.Tensor]:
+    """The model weights (a state dict) held in a stored value of :meth:`Cache.get_or_train`, for a ``check``
+    that looks at them."""
+    return _prefixed(value, "state.")

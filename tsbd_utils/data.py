@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from .datasets import DATASETS, DatasetSpec
+from .paths import checked_path
 from .rng import generator
 
 
@@ -71,8 +72,9 @@ def default_download_dir() -> Path:
 
 def explicit_dir(data_dir: str | Path | None = None) -> tuple[Path, str] | None:
     """The data folder a user named, and where it was named: ``data_dir`` first, then ``$TSBD_DATA_DIR``."""
-    if data_dir:
-        return Path(data_dir), "DATA_DIR / --data-dir"
+    named = checked_path("DATA_DIR", data_dir)
+    if named is not None:
+        return named, "DATA_DIR / --data-dir"
     if os.environ.get("TSBD_DATA_DIR"):
         return Path(os.environ["TSBD_DATA_DIR"]), "$TSBD_DATA_DIR"
     return None

@@ -14,7 +14,7 @@ that channel's weight change, over every conv layer except the 1x1 shortcut proj
 the official code (``linweiii/TSBD``, ``defense/tsbd.py``).
 
 Example:
-    >>> un = clean_unlearn(model, splits.clean, spec=splits.spec, seed=0, max_epochs=200)
+    >>> un = unlearning.clean_unlearn(model, splits.clean, spec=splits.spec, seed=0, max_epochs=200)
     >>> nwc = neuron_weight_change(model, un.model)          # {layer name: (out_channels,) tensor}
     >>> act = activeness(model, splits.clean, spec=splits.spec, seed=0)
 """
@@ -29,36 +29,8 @@ from torch import nn
 
 from .data import DatasetSpec, ImageData
 from .training import train
-from .unlearning import (  # unlearning lives in .unlearning; importable from here, where notebooks 02-03 use it
-    UNLEARN_MODES,
-    AscentStep,
-    UnlearnConfig,
-    Unlearned,
-    clean_unlearn,
-    finite_state,
-    poison_unlearn,
-    unlearn,
-)
+from .unlearning import AscentStep, UnlearnConfig
 
-__all__ = [
-    "RECORD_LAYER",
-    "UNLEARN_MODES",
-    "Activeness",
-    "AscentStep",
-    "UnlearnConfig",
-    "Unlearned",
-    "activeness",
-    "clean_unlearn",
-    "correlation",
-    "finite_state",
-    "flatten_layers",
-    "neuron_weight_change",
-    "nwc_layers",
-    "poison_unlearn",
-    "top_k_overlap",
-    "unlearn",
-    "weight_changes",
-]
 
 RECORD_LAYER = "layer4.1.conv2"  # the paper's recorded layer: PreActResNet18's last conv (8w neurons)
 

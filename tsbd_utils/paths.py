@@ -10,6 +10,14 @@ import os
 from pathlib import Path
 
 
+NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"  # the course's numbered notebooks (and their executed copies)
+
+
+def notebooks(folder: str | os.PathLike) -> list[Path]:
+    """The numbered notebooks of ``folder`` in teaching order."""
+    return sorted(Path(folder).glob(NOTEBOOK_GLOB))
+
+
 def project_root() -> Path | None:
     """The source checkout holding this package, or None for a non-editable install."""
     root = Path(__file__).resolve().parents[1]
@@ -19,10 +27,24 @@ def project_root() -> Path | None:
     return None
 
 
+def checked_path(name: str, value: object, *, optional: bool = True) -> Path | None:
+    """``value``, a folder parameter or option called ``name``, as a path (``~`` expanded); None stays None where it
+    is ``optional``. Anything but a non-empty string or path is an error naming ``name``: an empty string or a
+    number must not quietly mean the default folder."""
+    if value is None and optional:
+        return None
+    text = os.fspath(value) if isinstance(value, (str, os.PathLike)) else None
+    if not isinstance(text, str) or not text.strip():
+        allowed = "a folder path (a non-empty string)" + (" or None" if optional and not name.startswith("--") else "")
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return Path(text).expanduser()
+
+
 def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
     """``explicit`` (the CACHE_DIR parameter), else ``$TSBD_CACHE_DIR``, else ``.cache/`` in the project."""
-    if explicit:
-        return Path(explicit)
+    named = checked_path("CACHE_DIR", explicit)
+    if named is not None:
+        return named
     if os.environ.get("TSBD_CACHE_DIR"):
         return Path(os.environ["TSBD_CACHE_DIR"])
     root = project_root()
@@ -31,8 +53,9 @@ def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
 
 def run_dir(profile: str, explicit: str | os.PathLike | None = None) -> Path:
     """``explicit`` (the RUN_DIR parameter), else ``runs/<profile>/`` in the project."""
-    if explicit:
-        return Path(explicit)
+    named = checked_path("RUN_DIR", explicit)
+    if named is not None:
+        return named
     root = project_root() or Path.cwd()
     return root / "runs" / profile
 
@@ -42,8 +65,11 @@ def unusable_folder(path: str | os.PathLike) -> str | None:
     existing path must be a writable folder; a new one needs a writable folder as its nearest existing parent."""
     folder = Path(path).expanduser().absolute()
     probe = folder
-    while not probe.exists():
+    while not os.path.lexists(probe):  # a broken link or a loop is there as a link, though it leads nowhere
         probe = probe.parent
+    if not probe.exists():
+        where = "" if probe == folder else f", on the way to {folder},"
+        return f"{probe}{where} is a symbolic link that leads nowhere (broken, or a loop)"
     if not probe.is_dir():
         return f"{probe} is a file, not a folder" if probe == folder else f"{probe}, on the way to {folder}, is a file"
     if not os.access(probe, os.W_OK | os.X_OK):

@@ -1,7 +1,8 @@
 """One look for every figure, a stable way to save them, and the standard plots.
 
 ``savefig`` writes ``<figures_dir>/<NN_slug>.png``: the notebook number keeps figures sorted in
-teaching order, and the name stays stable so the README and the notebooks can refer to it.
+teaching order, and the name stays stable so the README and the notebooks can refer to it. Figures made of
+images (galleries of triggers and datasets) are in :mod:`tsbd_utils.galleries`.
 """
 
 from __future__ import annotations
@@ -18,12 +19,6 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 from .atomic import atomic_path
-from .galleries import found_trigger_gallery, image_grid, show_image, trigger_gallery
-
-__all__ = [  # figures of images live in .galleries; reachable from here as before
-    "correlation_heatmap", "flow_diagram", "found_trigger_gallery", "image_grid", "panel_grid", "rate_heatmap",
-    "ratio_axis", "savefig", "scatter_with_fit", "setup", "show_image", "trigger_gallery",
-]
 
 _NAME = re.compile(r"^\d\d_[a-z0-9_]+$")
 

@@ -8,6 +8,7 @@ the format and fails with a message naming the file, never returning half-read d
 from __future__ import annotations
 
 import gzip
+import zlib
 import pickle
 from pathlib import Path
 
@@ -23,8 +24,8 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as handle:
             raw = handle.read()
-    except (OSError, EOFError) as err:  # a damaged or cut-off gzip stream (gzip.BadGzipFile is an OSError)
-        raise ValueError(f"{path} cannot be read: {err}") from err
+    except (OSError, EOFError, zlib.error) as err:  # a damaged or cut-off gzip stream (a flipped bit: zlib.error)
+        raise ValueError(f"{path} cannot be read ({type(err).__name__}: {err}); get the file again") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise ValueError(f"{path} is not an IDX file of unsigned bytes")
     ndim = raw[3]

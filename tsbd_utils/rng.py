@@ -14,6 +14,16 @@ from collections.abc import Iterator
 import torch
 
 
+SEED_MAX = 2**32 - 1  # a run's seed: 32 bits, as NumPy's; torch takes up to 2**64 - 1, so seed + k stays valid
+
+
+def check_seed(seed: object, name: str = "seed") -> int:
+    """``seed`` if it is an int in 0..:data:`SEED_MAX`, else an error naming ``name``, the value and the range."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"{name} must be an int in 0..{SEED_MAX}, got {seed!r}")
+    return seed
+
+
 def derive_seed(seed: int, purpose: str) -> int:
     """A 63-bit seed for ``purpose``, stable across runs, machines and Python versions."""
     if not isinstance(seed, int) or isinstance(seed, bool):

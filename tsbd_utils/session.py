@@ -28,7 +28,8 @@ from .cache import Cache
 from .config import Profile, resolve
 from .data import Splits, checked_named_dir, prepare_for
 from .device import configure_threads, resolve_device
-from .paths import cache_folder_problem, project_root, run_dir as default_run_dir, unusable_folder
+from .paths import checked_path, cache_folder_problem, project_root, run_dir as default_run_dir, unusable_folder
+from .rng import check_seed
 
 
 def git_commit() -> str | None:
@@ -136,9 +137,7 @@ class Session:
         """This session (its notebook, cache, device and folders) with another ``seed`` and / or profile settings
         (:func:`~tsbd_utils.config.resolve`'s overrides, such as ``clean_ratio=0.01``). The zoo keys what it
         computes under a variant by the changed settings, so a variant never reads another's models."""
-        seed = self.seed if seed is None else seed
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        seed = self.seed if seed is None else check_seed(seed)
         return dataclasses.replace(self, seed=seed, profile=resolve(self.profile, **profile), _splits=None)
 
     def describe(self) -> str:
@@ -174,16 +173,19 @@ def start(
     """Validate a notebook's parameters and build its :class:`Session`; bad values fail here."""
     if not (isinstance(notebook, str) and len(notebook) == 2 and notebook.isdigit()):
         raise ValueError(f"notebook must be two digits such as '00', got {notebook!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"SEED must be an int >= 0, got {seed!r}")
+    check_seed(seed, "SEED")
     resolved = resolve(profile, dataset=dataset)
     device_ = resolve_device(device)
+    # Folder parameters: a path or None (for FIGURES_DIR a path), never an empty string or a number.
+    paths = {name: checked_path(name, value, optional=name != "FIGURES_DIR") for name, value in
+             (("CACHE_DIR", cache_dir), ("FIGURES_DIR", figures_dir), ("RUN_DIR", run_dir), ("DATA_DIR", data_dir))}
     checked_named_dir(data_dir)  # DATA_DIR (or $TSBD_DATA_DIR) missing or a file: an error naming it, now
     cache = Cache.at(cache_dir)  # read-only when $TSBD_CACHE_READ_ONLY says so
+    figures, runs = paths["FIGURES_DIR"], default_run_dir(resolved.name, run_dir)
     folders = {  # checked before anything is trained or written: a bad folder must not cost a run
         "CACHE_DIR": (cache.root, cache_folder_problem(cache.root, cache.read_only)),
-        "FIGURES_DIR": (Path(figures_dir), unusable_folder(figures_dir)),
-        "RUN_DIR": (default_run_dir(resolved.name, run_dir), unusable_folder(default_run_dir(resolved.name, run_dir))),
+        "FIGURES_DIR": (figures, unusable_folder(figures)),
+        "RUN_DIR": (runs, unusable_folder(runs)),
     }
     for name, (folder, problem) in folders.items():
         if problem:
@@ -194,9 +196,9 @@ def start(
         seed=seed,
         device=device_,
         cache=cache,
-        figures_dir=Path(figures_dir),
-        run_dir=default_run_dir(resolved.name, run_dir),
-        data_dir=Path(data_dir) if data_dir else None,
+        figures_dir=figures,
+        run_dir=runs,
+        data_dir=paths["DATA_DIR"],
         threads=configure_threads(),
     )
     from . import plotting  # here, not at the top: importing the session (benchmarks, scripts) loads no seaborn

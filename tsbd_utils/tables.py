@@ -23,13 +23,34 @@ import pandas as pd
 
 from .atomic import atomic_path
 from .defenses import DEFENSES
-from .zoo.evaluation import METRICS, by_attack
 
+METRICS = ("ACC", "ASR", "RA", "DER")  # the columns of zoo.evaluation_table, as the paper names them
 CELL_METRICS = ("ACC", "ASR", "DER")  # the paper's cell; RA is an option
 AVERAGE = "average"
 # The paper's Table 1 (CIFAR-10, PreActResNet18): the backdoored models' average ACC and ASR (%). The
 # defenses' averages are kept with each defense (``DefenseSpec.paper_average``).
 PAPER_NO_DEFENSE = (91.34, 97.29)
+
+
+def by_attack(
+    long: pd.DataFrame, metrics_shown: Sequence[str] = ("ACC", "ASR", "DER"), titles: Mapping[str, str] | None = None
+) -> pd.DataFrame:
+    """:func:`~tsbd_utils.zoo.evaluation_table` as rows of attacks (renamed by ``titles``) plus their ``average``, and
+    columns ``(metric, method)`` in the order given. The average of each column is the mean of the
+    per-attack values, as in the paper's Table 1 (its average DER is the mean of per-attack DERs)."""
+    unknown = [m for m in metrics_shown if m not in METRICS + ("seconds",)]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; allowed: {', '.join(METRICS)}, seconds")
+    methods = list(dict.fromkeys(long["method"]))
+    attacks = list(dict.fromkeys(long["attack"]))
+    wide = long.pivot(index="attack", columns="method", values=list(metrics_shown))
+    wide = wide.reindex(index=attacks, columns=pd.MultiIndex.from_product([list(metrics_shown), methods]))
+    if titles is not None:
+        wide = wide.rename(index=dict(titles))
+    # Column by column: a frame-wide mean sums each column in an order set by the frame's memory layout, so the same
+    # column could average to another last digit in a table with more methods (Table 1 beside its extra rows).
+    wide.loc[AVERAGE] = wide.apply(lambda col: col.dropna().to_numpy().mean() if col.notna().any() else np.nan)
+    return wide
 
 
 def table1(
@@ -164,3 +185,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
     frame.columns.names = ["method", "metric"]
     frame.index.name = "attack"
     return frame
+
+
+def percent_cells(table: pd.DataFrame) -> dict[str, dict[str, dict[str, float | None]]]:
+    """A :func:`table1` table as JSON: ``{method: {attack: {metric: percent}}}``, None where a cell is empty."""
+    return {m: {a: {k: (None if pd.isna(v) else float(100 * v)) for k, v in table.loc[a, m].items()}
+                for a in table.index} for m in dict.fromkeys(table.columns.get_level_values("method"))}

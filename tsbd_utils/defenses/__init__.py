@@ -8,20 +8,36 @@ class and the defend function, called directly or run on a :class:`DefenseContex
 >>> result = DEFENSES["tsbd"](model, splits.clean, DEFENSES["tsbd"].for_profile(profile), spec=splits.spec, seed=0)
 """
 
-# Import order is registration order: TSBD first, then the baselines in Table 1 order.
 from __future__ import annotations
 
-from .base import DEFENSE_CONFIGS, DEFENSES, Budget, Defense, DefenseContext, DefenseResult, DefenseSpec, config_for
-from .tsbd import REINIT_SCHEMES, ActivenessAwareStep, TSBDConfig, activeness_aware_finetune, reinitialize, zero_reinit
-from .ft import FTConfig
-from .fp import FPConfig
-from .nad import NADConfig
-from .nc import NCConfig
+from .activeness import ActivenessAwareStep
+from .base import (
+    DEFENSE_CONFIGS,
+    DEFENSES,
+    Budget,
+    Defense,
+    DefenseContext,
+    DefenseResult,
+    DefenseSpec,
+    OracleData,
+    config_for,
+)
+from .common import FineTuning
+from .reinit import REINIT_SCHEMES, reinitialize, zero_reinit
+
+# isort: off
+# Registration order is import order: TSBD first, then the baselines in Table 1's order.
+from . import tsbd, ft, fp, nad, nc, anp, clp, ibau, rnp  # noqa: F401 (imported to register)
+# isort: on
 from .anp import ANPConfig
 from .clp import CLPConfig
+from .fp import FPConfig
+from .ft import FTConfig
 from .ibau import IBAUConfig
+from .nad import NADConfig
+from .nc_reverse import NCConfig
 from .rnp import RNPConfig
-from .common import FineTuning, OracleData
+from .tsbd import TSBDConfig, activeness_aware_finetune
 
 __all__ = [
     "Budget",

@@ -56,7 +56,8 @@ from ..rng import generator
 from ..settings import check_types, replace_checked, settings
 from ..training import channels_last_safe
 from .base import Budget, DefenseResult, DefenseSpec, register
-from .common import OracleData, check_choice, scaled_epochs, working_copy
+from .base import OracleData
+from .common import check_choice, scaled_epochs, working_copy
 from .masks import attach_masks, clip_masks, freeze_all_but_masks, mask_values
 from .pruning import check_config, prune_sweep, pruning_record
 
@@ -183,7 +184,7 @@ def defend(
 ) -> DefenseResult:
     """ANP on a copy of ``model`` with the defender's ``clean`` images; ``model`` is left as it was.
 
-    ``oracle`` (:class:`common.OracleData`, test set and trigger) is used only with
+    ``oracle`` (:class:`base.OracleData`, test set and trigger) is used only with
     ``config.choice="oracle"``: BackdoorBench's test-set choice of the threshold, an *oracle*
     no defender has. Returns the pruned original model (plain BatchNorm2d layers, eval mode).
     """

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import nn
 
+from .. import metrics
 from ..config import Profile, resolve
 from ..registry import Registry
 
-if TYPE_CHECKING:  # only for annotations: common imports training, which base need not load
+if TYPE_CHECKING:  # only for annotations
     from ..data import DatasetSpec, ImageData
-    from .common import OracleData
 
 
 @dataclass
@@ -62,6 +62,25 @@ class Budget:
     steps: int  # optimizer steps
     examples: int  # images behind those steps, summed over the steps
     images: int  # clean images the defense reads (0 for a data-free defense)
+
+
+@dataclass(frozen=True)
+class OracleData:
+    """Test data for a labelled *oracle* choice (BackdoorBench's): never available to a defender.
+
+    ``x_test``/``y_test``: the clean test set; ``x_bd``: the backdoor test images; ``target``: the
+    attack's target label.
+    """
+
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    x_bd: torch.Tensor
+    target: int
+
+    def evaluate(self, model: nn.Module, device: str | torch.device, batch_size: int = 256) -> tuple[float, float]:
+        acc = metrics.accuracy(metrics.predict(model, self.x_test, batch_size, device), self.y_test)
+        asr = metrics.attack_success_rate(metrics.predict(model, self.x_bd, batch_size, device), self.target)
+        return acc, asr
 
 
 BudgetFn = Callable[[Any, int, Mapping[str, Any] | None], Budget]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,7 +21,7 @@ from ..config import Profile, TrainConfig
 from ..data import DatasetSpec, ImageData
 from ..settings import check_types, settings
 from ..training import History, Step, epoch_steps, train
-from .base import Budget
+from .base import Budget, OracleData
 
 
 def capped_epochs(profile: Profile, epochs: int) -> int:
@@ -117,25 +116,6 @@ def fine_tune(
 def clean_accuracy(model: nn.Module, clean: ImageData, device: str | torch.device, batch_size: int = 256) -> float:
     """Accuracy on the defender's clean images (the only accuracy a defender can measure)."""
     return metrics.accuracy(metrics.predict(model, clean.x, batch_size, device), clean.y)
-
-
-@dataclass(frozen=True)
-class OracleData:
-    """Test data for a labelled *oracle* choice (BackdoorBench's): never available to a defender.
-
-    ``x_test``/``y_test``: the clean test set; ``x_bd``: the backdoor test images; ``target``: the
-    attack's target label.
-    """
-
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    x_bd: torch.Tensor
-    target: int
-
-    def evaluate(self, model: nn.Module, device: str | torch.device, batch_size: int = 256) -> tuple[float, float]:
-        acc = metrics.accuracy(metrics.predict(model, self.x_test, batch_size, device), self.y_test)
-        asr = metrics.attack_success_rate(metrics.predict(model, self.x_bd, batch_size, device), self.target)
-        return acc, asr
 
 
 PRUNING_CHOICES = ("clean", "oracle")

@@ -44,7 +44,8 @@ from ..config import Profile
 from ..data import DatasetSpec, ImageData
 from ..observations import neuron_weight_change, nwc_layers
 from .base import Budget, DefenseResult, DefenseSpec, register
-from .common import PRUNING_CHOICES, FineTuning, OracleData, check_choice, fine_tune, select_amount, working_copy
+from .base import OracleData
+from .common import PRUNING_CHOICES, FineTuning, check_choice, fine_tune, select_amount, working_copy
 from ..settings import check_types, replace_checked, settings
 
 

@@ -129,29 +129,6 @@ def masked_layers(model: nn.Module) -> dict[str, MaskedBatchNorm2d]:
     return {name: m for name, m in model.named_modules() if isinstance(m, MaskedBatchNorm2d)}
 
 
-def fold_masks(model: nn.Module) -> nn.Module:
-    """Swap every masked BN of ``model`` back (in place) for a plain ``nn.BatchNorm2d``.
-
-    The mask is folded into the weight (weight * mask; noise left out), so in eval mode the
-    model computes what the masked one computed; its class and module names are unchanged.
-    """
-    for name, masked in masked_layers(model).items():
-        bn = nn.BatchNorm2d(
-            masked.num_features,
-            masked.eps,
-            masked.momentum,
-            track_running_stats=masked.track_running_stats,
-            device=masked.weight.device,
-            dtype=masked.weight.dtype,
-        )
-        state = {k: v for k, v in masked.state_dict().items() if not k.startswith("neuron_")}
-        state["weight"] = (masked.weight * masked.neuron_mask).detach()
-        bn.load_state_dict(state)
-        bn.train(masked.training)
-        _replace(model, name, bn)
-    return model
-
-
 def freeze_all_but_masks(model: nn.Module) -> list[nn.Parameter]:
     """Only masks and noise keep ``requires_grad`` (backward then skips the weight gradients)."""
     for name, p in model.named_parameters():

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from ..data import ImageData
-from .common import ORACLE_RULES, PRUNING_CHOICES, OracleData, choose_amount, working_copy
+from .base import OracleData
+from .common import ORACLE_RULES, PRUNING_CHOICES, choose_amount, working_copy
 from .masks import masks_record, prune_neurons
 
 

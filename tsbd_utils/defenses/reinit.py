@@ -210,7 +210,7 @@ def oracle_neuron_ratio(
     """A labelled *oracle* n, what a table tuned on the test set would report: among the candidates whose test
     ACC stays within ``max_drop`` (absolute) of ``before_acc``, the one with the lowest test ASR (ties: the
     smaller n). ``test`` maps n to (test ACC, test ASR); it can only come from the test set
-    (:meth:`~tsbd_utils.defenses.common.OracleData.evaluate`), which no defender holds. None when no candidate
+    (:meth:`~tsbd_utils.defenses.base.OracleData.evaluate`), which no defender holds. None when no candidate
     keeps its accuracy."""
     if not test:
         raise ValueError("no candidate neuron ratios given")

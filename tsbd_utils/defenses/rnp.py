@@ -56,7 +56,8 @@ from ..settings import check_types, replace_checked, settings
 from ..training import Step, epoch_steps, train
 from ..unlearning import AscentStep
 from .base import Budget, DefenseResult, DefenseSpec, register
-from .common import OracleData, capped_epochs, check_choice, working_copy
+from .base import OracleData
+from .common import capped_epochs, check_choice, working_copy
 from .masks import attach_masks, clip_masks, freeze_all_but_masks, mask_values
 from .pruning import check_config, prune_sweep, pruning_record
 

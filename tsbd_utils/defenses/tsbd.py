@@ -14,7 +14,7 @@ The defender holds the backdoored model and 5% clean training data; no poisoned 
 
 Choice of n. The official code sweeps n in {0.01, ..., 0.9} and never picks one. The suite fixes
 one n per profile (``Profile.tsbd_neuron_ratio``), the same for every attack, chosen with clean data only
-(see :func:`choose_neuron_ratio` and notebook 04, which also shows a sweep of n).
+(see :func:`.reinit.choose_neuron_ratio` and notebook 04, which also shows a sweep of n).
 
 Example:
     >>> result = DEFENSES["tsbd"](model, splits.clean, TSBDConfig.for_profile(profile),
@@ -37,34 +37,13 @@ from ..data import DatasetSpec, ImageData
 from ..settings import check_types, replace_checked, settings
 from ..unlearning import UnlearnConfig, Unlearned, clean_unlearn
 from ..training import BatchTransform, History, epoch_steps, train
-from .activeness import ActivenessAwareStep, CopyingActivenessAwareStep
+from .activeness import ActivenessAwareStep
 from .base import Budget, DefenseResult, DefenseSpec, register
 from .common import capped_epochs
 from .reinit import (
-    DISRUPTION,
-    OFFICIAL_SWEEP,
     REINIT_SCHEMES,
-    choose_neuron_ratio,
     reinitialize,
-    top_neurons,
-    zero_reinit,
 )
-
-__all__ = [  # stage 1 and the stage-2 step live in .reinit and .activeness; importable from here as before
-    "DISRUPTION",
-    "OFFICIAL_SWEEP",
-    "REINIT_SCHEMES",
-    "ActivenessAwareStep",
-    "CopyingActivenessAwareStep",
-    "TSBDConfig",
-    "activeness_aware_finetune",
-    "choose_neuron_ratio",
-    "defend",
-    "reinitialize",
-    "top_neurons",
-    "zero_reinit",
-]
-
 
 @settings
 class TSBDConfig:

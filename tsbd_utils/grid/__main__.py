@@ -13,17 +13,16 @@ percent, Markdown, LaTeX) with ``grid.json``: each cell's record, what failed an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from ..cache import read_only_from_env
-from ..config import PROFILES
-from ..data import DATASETS, checked_named_dir
-from ..device import resolve_device
-from ..paths import cache_dir as default_cache_dir, cache_folder_problem, run_dir as default_run_dir, unusable_folder
+from .. import cli
+from ..cache import Cache
+from ..paths import checked_path, run_dir
 from ..session import start, write_json
 from ..zoo import BASELINES
 from .cells import Settings, finished, plan
@@ -33,10 +32,7 @@ from .report import build_tables
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tsbd_utils.grid", description=__doc__.split("\n\n")[0])
-    p.add_argument("--profile", default="quick", help=f"one of: {', '.join(PROFILES)} (default quick)")
-    p.add_argument("--dataset", default=None, help=f"one of: {', '.join(DATASETS)} (default: the profile's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (a local worker per GPU on CUDA)")
+    cli.add_arguments(p, run_dir_help="default: runs/<profile>/; the tables go to its grid/ folder")
     p.add_argument("--workers", type=int, default=None,
                    help="local Dask workers (default: one per GPU on CUDA, else 1); not with --address")
     p.add_argument("--threads", type=int, default=None,
@@ -50,25 +46,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", nargs="+", default=None, metavar="NAME",
                    help="the table's baseline defenses (default all 8; TSBD is always in)")
     p.add_argument("--no-extras", action="store_true",
-                   help="leave out notebook 07's extras (trigger floor, same-budget controls, oracle choices)")
-    p.add_argument("--cache-dir", default=None,
-                   help="default: $TSBD_CACHE_DIR, else .cache/ (a shared folder on a cluster)")
-    p.add_argument("--data-dir", default=None, help="a folder holding the dataset (default: see README)")
-    p.add_argument("--run-dir", default=None, help="default: runs/<profile>/; the tables go to its grid/ folder")
+                   help="leave out notebook 07's extras (trigger floor, same-budget controls, lift variants, oracle "
+                        "choices)")
     p.add_argument("--dry-run", action="store_true", help="list the cells, what each needs and which have finished")
     return p
 
 
-def _settings(args: argparse.Namespace) -> tuple[Settings, dict]:
-    """Check every option before anything starts (a bad one fails here, naming it); the settings and the engine's
-    arguments."""
-    PROFILES.check(args.profile)
-    if args.dataset is not None:
-        DATASETS.check(args.dataset)
-    if args.seed < 0:
-        raise ValueError(f"--seed must be >= 0, got {args.seed}")
-    resolve_device(args.device)
-    checked_named_dir(args.data_dir)
+def _settings(args: argparse.Namespace) -> tuple[Settings, dict, Path, bool]:
+    """Check every option before anything starts (a bad one fails here, naming it); the settings, the engine's
+    arguments, the folder of the tables and whether the cache is read-only."""
     if args.inline and (args.address or args.workers is not None):
         raise ValueError("--inline runs every cell in this process; it takes neither --workers nor --address")
     if args.address is not None and args.workers is not None:
@@ -76,12 +62,8 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, dict]:
             f"--workers {args.workers} with --address {args.address}: a cluster brings its own workers; "
             "start them with `dask worker` (see README.md), or leave out --address for local workers"
         )
-    if read_only_from_env():
-        raise ValueError("the grid stores its cells in the cache; unset $TSBD_CACHE_READ_ONLY for it")
-    cache = default_cache_dir(args.cache_dir).resolve()  # absolute: workers on other hosts get the same path
-    problem = cache_folder_problem(cache)
-    if problem:
-        raise ValueError(f"--cache-dir {cache} cannot be used: {problem}")
+    out = run_dir(args.profile, checked_path("--run-dir", args.run_dir)) / "grid"
+    run = cli.check(args, outputs={"--run-dir": out})
     engine: dict = {}
     if args.address is not None:
         if not args.connect_timeout > 0:
@@ -96,25 +78,23 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, dict]:
     else:
         engine["plan"] = local_plan(args.workers, args.threads, args.device)
         threads = engine["plan"].threads
-    settings = Settings(args.profile, args.dataset, args.seed, args.device, str(cache),
-                        str(Path(args.data_dir).resolve()) if args.data_dir else None, threads)
-    return settings, engine
+    settings = Settings(run.profile, run.dataset, run.seed, run.device, str(run.cache_dir),
+                        str(run.data_dir) if run.data_dir else None, threads)
+    return settings, engine, run.run_dir / "grid", run.cache_read_only
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings, engine = _settings(args)
         cells = plan(args.attacks, args.baselines, extras=not args.no_extras)
-        out = default_run_dir(PROFILES[args.profile].name, args.run_dir) / "grid"
-        problem = unusable_folder(out)
-        if problem:
-            raise ValueError(f"--run-dir: {out} cannot be used: {problem}")
+        settings, engine, out, read_only = _settings(args)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     S = start("07", profile=settings.profile, dataset=settings.dataset, seed=settings.seed, device=settings.device,
               cache_dir=settings.cache_dir, figures_dir=str(out), run_dir=str(out.parent), data_dir=settings.data_dir)
+    if read_only:  # --cache-read-only (the session reads only $TSBD_CACHE_READ_ONLY)
+        S = dataclasses.replace(S, cache=Cache.at(settings.cache_dir, read_only=True))
     done_before = finished(S, cells)
     todo = [c for c in cells if c.name not in done_before]
     if args.dry_run:
@@ -122,11 +102,15 @@ def main(argv: list[str] | None = None) -> int:
             state = "finished" if c.name in done_before else "to run"
             print(f"{c.name:28s} {state:9s} needs: {', '.join(c.needs) or '-'}")
         return 0
+    if todo and read_only:
+        print(f"error: {len(todo)} of {len(cells)} cells have not finished in the read-only cache "
+              f"{settings.cache_dir}, which would keep none of what they compute; fill the cache first, or leave out "
+              "--cache-read-only ($TSBD_CACHE_READ_ONLY) for this run", file=sys.stderr)
+        return 2
     where = (f"the cluster at {engine['address']}" if "address" in engine else "this process" if args.inline
              else f"{engine['plan'].workers} local worker(s) x {settings.threads} thread(s)")
     print(f"grid: {len(cells)} cells ({args.profile} profile), {len(done_before)} finished before, "
           f"{len(todo)} to run on {where}", flush=True)
-    S.splits  # the dataset must load here before any worker starts: a missing dataset fails once, now
     try:
         outcome = run_inline(todo, settings) if args.inline else run_dask(todo, settings, **engine)
     except GridError as err:

@@ -33,9 +33,6 @@ from ..session import Session, start
 from ..zoo.table1 import check_baselines
 from .. import probes, zoo
 
-# What notebook 07 reads beside Table 1 with its default parameters (the grid's extras).
-MATCHED = ("ft", "nad")  # fine-tuning baselines rerun at TSBD's stage-2 epoch count
-ORACLES = ("fp", "anp")  # pruning baselines rerun with the test-set (oracle) choice
 MARKER = "grid-cell"  # the cache kind of the markers of finished cells
 
 
@@ -190,8 +187,8 @@ def plan(
         if extras:
             cells += [Cell("floor", a, needs=("clean", bd.name)), Cell("stage2", a, needs=(un.name,)),
                       Cell("found", a, needs=(bd.name,)), Cell("ranking", a, needs=(bd.name,))]
-            cells += [Cell("matched", a, d, needs=(bd.name,)) for d in MATCHED]
-            cells += [Cell("oracle", a, d, needs=(bd.name,)) for d in ORACLES]
+            cells += [Cell("matched", a, d, needs=(bd.name,)) for d in zoo.MATCHED]
+            cells += [Cell("oracle", a, d, needs=(bd.name,)) for d in zoo.ORACLES]
     return cells
 
 

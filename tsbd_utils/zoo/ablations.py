@@ -30,10 +30,10 @@ from ..defenses.reinit import OFFICIAL_SWEEP
 from ..session import Session
 from ..settings import check_types, replace_checked, require, settings
 from ..shortcut import PhotometricConfig
-from .defended import CURVE_IMAGES, Defended, _defended_cached, defense_context, tsbd_model
-from .evaluation import _row, backdoor_evaluation, evaluate_cached, oracle_data
+from .defended import CURVE_IMAGES, defended_cached, defense_context, tsbd_model
+from .evaluation import table_row, backdoor_evaluation, evaluate_cached, oracle_data
 from .keys import backdoor_fields, defender_fields, model_fields, unlearn_config
-from .trained import backdoored_model, unlearned_model, unlearning_outcome
+from .trained import Defended, backdoored_model, unlearned_model, unlearning_outcome
 
 
 @settings
@@ -156,7 +156,7 @@ def nwc_fp_model(session: Session, name: str, progress: bool = False) -> Defende
         session, "defended", attack=name, attack_config=bd.attack.config, defense="fp", config=config,
         order="nwc", **defender_fields(session), **unlearning_outcome(unlearned),
     )
-    return _defended_cached(session, fields, run)
+    return defended_cached(session, fields, run)
 
 
 def unlearning_check(session: Session, name: str, attack_config: AttackConfig | None = None) -> dict[str, Any]:
@@ -258,10 +258,10 @@ def variant_table(
     ACC, ASR, RA and DER against that model, and the run's seconds; the first row is the backdoored model."""
     bd = backdoored_model(session, name, attack_config, progress=False)
     base = backdoor_evaluation(session, name, attack_config)
-    rows = [_row("no defense", name, base, base, float("nan"))]  # DER 0.5 by definition
+    rows = [table_row("no defense", name, base, base, float("nan"))]  # DER 0.5 by definition
     for label, run in runs.items():
         ev = evaluate_cached(session, run.fields, run.model, bd.attack)
-        rows.append(_row(label, name, base, ev, run.info.get("compute_seconds", float("nan"))))
+        rows.append(table_row(label, name, base, ev, run.info.get("compute_seconds", float("nan"))))
     # evaluation_table's rows, one attack: its method column is the run's label here
     return pd.DataFrame(rows).drop(columns="attack").rename(columns={"method": "run"})
 

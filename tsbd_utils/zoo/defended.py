@@ -8,7 +8,6 @@ its 64 runs once and every later notebook reads them back.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -21,22 +20,12 @@ from ..session import Session
 from ..shortcut import PhotometricConfig, PhotometricLift
 from .evaluation import curve_eval, oracle_data
 from .keys import defender_fields, model_fields, unlearn_config
-from .trained import backdoored_model, cached_model, unlearned_model, unlearning_outcome
+from .trained import Defended, backdoored_model, cached_model, unlearned_model, unlearning_outcome
 
 
 # Notebook 05 records ACC / ASR on subsets of this many images after every stage-2 epoch; the size is part
 # of the cached models' keys, so every notebook that reads those runs asks with the same value.
 CURVE_IMAGES = 500
-
-@dataclass
-class Defended:
-    """A defended model, the defense's record (per-epoch curves included) and its provenance."""
-
-    model: nn.Module
-    record: dict[str, Any]
-    info: dict[str, Any]  # device, compute_seconds, created
-    fields: dict[str, Any] | None = None  # its cache key, for evaluate_cached (None: not cached)
-
 
 def defense_context(session: Session, progress: bool = False, **options: Any) -> DefenseContext:
     """What a defense may use under ``session``: the defender's clean images, the dataset, seed and
@@ -47,7 +36,7 @@ def defense_context(session: Session, progress: bool = False, **options: Any) ->
     )
 
 
-def _defended_cached(session: Session, fields: dict[str, Any], run) -> Defended:
+def defended_cached(session: Session, fields: dict[str, Any], run) -> Defended:
     """The defended model whose cache key is ``fields``; on a miss ``run()`` computes its ``DefenseResult``."""
 
     def fit(m: nn.Module) -> dict[str, Any]:
@@ -112,7 +101,7 @@ def tsbd_model(
         **defender_fields(session),
         **unlearning_outcome(unlearned),
     )
-    return _defended_cached(session, fields, run)
+    return defended_cached(session, fields, run)
 
 
 def defended_model(session: Session, name: str, defense: str, config: Any = None, progress: bool = False) -> Defended:
@@ -145,7 +134,7 @@ def defended_model(session: Session, name: str, defense: str, config: Any = None
         **oracle_key,
         **defender_fields(session),
     )
-    return _defended_cached(session, fields, run)
+    return defended_cached(session, fields, run)
 
 
 def tsbd_runs(session: Session, name: str, config: TSBDConfig | None = None) -> dict[str, Defended]:

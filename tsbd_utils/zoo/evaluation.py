@@ -4,10 +4,9 @@ and the per-attack table that notebooks 05 and 06 (and every later table) build 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -17,13 +16,9 @@ from ..attacks import Attack, AttackConfig
 from ..data import ImageData, seeded_subset
 from ..defenses import OracleData
 from ..session import Session
+from ..tables import METRICS
 from .keys import backdoor_fields, clean_fields, evaluation_key
-from .trained import backdoored_model, clean_model
-
-if TYPE_CHECKING:
-    from .defended import Defended
-
-METRICS = ("ACC", "ASR", "RA", "DER")  # the columns of evaluation_table, as the paper names them
+from .trained import Defended, backdoored_model, clean_model
 
 
 def evaluation_set(session: Session) -> ImageData:
@@ -84,11 +79,13 @@ def trigger_floor(session: Session, name: str, train_seed: int | None = None) ->
     return evaluate_cached(session, {**clean_fields(session, train_seed), "trigger": trigger}, clean.model, bd.attack)
 
 
-def curve_eval(session: Session, attack: Attack, size: int):
-    """An ``eval_fn`` for per-epoch curves: ACC and ASR on seeded subsets of ``size`` images each.
+def curve_eval(session: Session, attack: Attack, size: int, *, clean_to_target: bool = False):
+    """An ``eval_fn`` for per-epoch curves and sweeps: ACC and ASR on seeded subsets of ``size`` images each.
 
     Subsets keep the curves cheap (two small forward passes per epoch); final numbers always come
-    from :func:`evaluate` on :func:`evaluation_set`.
+    from :func:`evaluate` on :func:`evaluation_set`. ``clean_to_target`` adds the share of the subset's clean
+    images of the other classes that the model sends to the target (read off the same pass): how far a model
+    that answers the target to everything inflates its ASR.
     """
     test = session.splits.test
     x_bd, _ = attack.backdoor_test(test)
@@ -99,10 +96,14 @@ def curve_eval(session: Session, attack: Attack, size: int):
     batch, device, target = session.profile.eval_batch_size, session.device, attack.config.target
 
     def eval_fn(model: nn.Module) -> dict[str, float]:
-        return {
-            "acc": metrics.accuracy(metrics.predict(model, x_test, batch, device), y_test),
+        pred = metrics.predict(model, x_test, batch, device)
+        scores = {
+            "acc": metrics.accuracy(pred, y_test),
             "asr": metrics.attack_success_rate(metrics.predict(model, x_bd, batch, device), target),
         }
+        if clean_to_target:
+            scores["clean_to_target"] = float((pred[y_test != target] == target).float().mean())
+        return scores
 
     return eval_fn
 
@@ -136,39 +137,20 @@ def evaluation_table(
     triggers = {a: backdoored_model(session, a, progress=False).attack for a in attacks}  # loaded once per attack
     rows = []
     if before is not None:
-        rows += [_row(before, a, base[a], base[a], float("nan")) for a in attacks]
+        rows += [table_row(before, a, base[a], base[a], float("nan")) for a in attacks]
     for method, per_attack in runs.items():
         for a, defended in per_attack.items():
             if defended.fields is None:
                 ev = evaluate(session, defended.model, triggers[a])
             else:
                 ev = evaluate_cached(session, defended.fields, defended.model, triggers[a])
-            rows.append(_row(method, a, base[a], ev, defended.info.get("compute_seconds", float("nan"))))
+            rows.append(table_row(method, a, base[a], ev, defended.info.get("compute_seconds", float("nan"))))
     return pd.DataFrame(rows, columns=["method", "attack", *METRICS, "seconds"])
 
 
-def _row(method: str, attack: str, base: dict[str, float], ev: dict[str, float], seconds: float) -> dict[str, Any]:
+def table_row(method: str, attack: str, base: dict[str, float], ev: dict[str, float], seconds: float) -> dict[str, Any]:
+    """One row of :func:`evaluation_table`: ``method`` on ``attack`` measured as ``ev``, its DER against ``base``
+    (the backdoored model's evaluation), and the seconds it took."""
     der = metrics.defense_effectiveness_rating(base["acc"], base["asr"], ev["acc"], ev["asr"])
     return {"method": method, "attack": attack, "ACC": ev["acc"], "ASR": ev["asr"], "RA": ev["ra"], "DER": der,
             "seconds": seconds}
-
-
-def by_attack(
-    long: pd.DataFrame, metrics_shown: Sequence[str] = ("ACC", "ASR", "DER"), titles: Mapping[str, str] | None = None
-) -> pd.DataFrame:
-    """:func:`evaluation_table` as rows of attacks (renamed by ``titles``) plus their ``average``, and
-    columns ``(metric, method)`` in the order given. The average of each column is the mean of the
-    per-attack values, as in the paper's Table 1 (its average DER is the mean of per-attack DERs)."""
-    unknown = [m for m in metrics_shown if m not in METRICS + ("seconds",)]
-    if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; allowed: {', '.join(METRICS)}, seconds")
-    methods = list(dict.fromkeys(long["method"]))
-    attacks = list(dict.fromkeys(long["attack"]))
-    wide = long.pivot(index="attack", columns="method", values=list(metrics_shown))
-    wide = wide.reindex(index=attacks, columns=pd.MultiIndex.from_product([list(metrics_shown), methods]))
-    if titles is not None:
-        wide = wide.rename(index=dict(titles))
-    # Column by column: a frame-wide mean sums each column in an order set by the frame's memory layout, so the same
-    # column could average to another last digit in a table with more methods (Table 1 beside its extra rows).
-    wide.loc["average"] = wide.apply(lambda col: col.dropna().to_numpy().mean() if col.notna().any() else np.nan)
-    return wide

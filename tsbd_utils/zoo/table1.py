@@ -1,37 +1,66 @@
-"""The runs behind the paper's Table 1 and its labelled extras, read from the cache (notebook 07).
+"""The paper's Table 1 and its labelled extras, assembled from the cache in one place (:func:`assemble_table1`).
 
 Table 1 itself: no defense, the eight baselines of notebook 06 and TSBD of notebook 05. Beside it,
 never mixed in: the trigger's floor on the clean model (notebook 01), the same-budget controls
 (vanilla fine-tuning through TSBD's loop; FT and NAD at TSBD's epoch count, computed here once and
 cached), the photometric-lift variants of notebook 05, and the oracle (test-set) pruning choices.
+
+Notebook 07 and the grid (:mod:`tsbd_utils.grid`) both call :func:`assemble_table1` and write its exports with
+:meth:`Table1.export`; ``make reproduce`` copies the Markdown export into README.md and the book onto its
+landing page (:mod:`tsbd_utils.exports`).
+
+Example:
+    >>> t1 = assemble_table1(S, ["badnets", "wanet"])
+    >>> tables.cell_text(t1.table)                 # ACC / ASR / DER per attack and defense
+    >>> t1.export(S.figures_dir)                   # 07_table1.{csv,md,tex}, 07_table1_extra.*
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from .. import tables
+from ..attacks import ATTACKS
 from ..defenses import DEFENSES, TSBDConfig
+from ..exports import table1_file
 from ..session import Session
-from .defended import CURVE_IMAGES, Defended, defended_model, matched_config, tsbd_model
-from .evaluation import METRICS, trigger_floor
-from .trained import unlearned_model
+from ..tables import METRICS
+from .defended import CURVE_IMAGES, MATCHABLE, defended_model, matched_config, tsbd_model, tsbd_runs
+from .evaluation import evaluation_table, trigger_floor
+from .trained import Defended, unlearned_model
 
 NO_DEFENSE = "No defense"  # the backdoored models' column, as the paper labels it
 FLOOR = "Clean model (trigger floor)"
-BASELINES = tuple(d for d in DEFENSES if d != "tsbd")  # the registry keeps Table 1's column order
+# Table 1's baselines, in the paper's column order. Written out: a defense module added to the registry joins the
+# table only when it is named here.
+BASELINES = ("ft", "fp", "nad", "nc", "anp", "clp", "ibau", "rnp")
 ORACLE_CHOICES = tuple(d for d in BASELINES if "choice" in {f.name for f in dataclasses.fields(DEFENSES[d].config)})
+# The labelled extras computed by default (notebook 07's parameters, the grid's plan).
+MATCHED = ("ft", "nad")  # fine-tuning baselines rerun at TSBD's stage-2 epoch count
+ORACLES = ("fp", "anp")  # pruning baselines rerun with the test-set (oracle) choice
+VANILLA = "vanilla FT (TSBD's loop)"  # the same-budget control: TSBD's stage 2 with alpha = 0
+LIFTS = ("TSBD + lift", "vanilla FT + lift")  # notebook 05's photometric-lift variants (labels of tsbd_runs)
+
+
+def _check_names(what: str, names: Sequence[str], allowed: Sequence[str]) -> list[str]:
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{what} must be a list of names, got {names!r}; allowed: {', '.join(allowed)}")
+    bad = [n for n in names if n not in allowed]
+    if bad:
+        raise ValueError(f"unknown {what} {bad}; allowed: {', '.join(allowed)}")
+    return list(names)
 
 
 def check_baselines(baselines: Sequence[str]) -> list[str]:
     """``baselines`` as a list, or an error naming the unknown ones and the allowed (Table 1's eight)."""
-    bad = [d for d in baselines if d not in BASELINES]
-    if bad:
-        raise ValueError(f"unknown baseline(s) {bad}; allowed: {', '.join(BASELINES)}")
-    return list(baselines)
+    return _check_names("baseline(s)", baselines, BASELINES)
 
 
 def main_runs(
@@ -60,6 +89,7 @@ def matched_runs(
     session: Session, names: Sequence[str], defenses: Sequence[str], epochs: int
 ) -> dict[str, dict[str, Defended]]:
     """``defenses`` (fine-tuning baselines) with their fine-tuning at ``epochs`` epochs; cached."""
+    _check_names("same-budget control(s)", defenses, MATCHABLE)
     configs = {d: matched_config(session, d, epochs) for d in defenses}
     return {matched_label(d, epochs): {n: defended_model(session, n, d, configs[d]) for n in names} for d in defenses}
 
@@ -67,9 +97,7 @@ def matched_runs(
 def oracle_runs(session: Session, names: Sequence[str], defenses: Sequence[str]) -> dict[str, dict[str, Defended]]:
     """``defenses`` (FP, ANP, RNP) with BackdoorBench's test-set choice of how much to prune: an oracle
     no defender has, reported only as a labelled extra. Cached."""
-    bad = [d for d in defenses if d not in ORACLE_CHOICES]
-    if bad:
-        raise ValueError(f"no oracle choice for {bad}; allowed: {', '.join(ORACLE_CHOICES)}")
+    _check_names("oracle choice(s)", defenses, ORACLE_CHOICES)
     configs = {d: DEFENSES[d].for_profile(session.profile, choice="oracle") for d in defenses}
     return {oracle_label(d): {n: defended_model(session, n, d, configs[d]) for n in names} for d in defenses}
 
@@ -126,3 +154,77 @@ def budget_summary(
         "clean images": first.images,
         "seconds per attack": float(seconds.mean()),
     }
+
+
+@dataclass
+class Table1:
+    """Table 1 and its labelled extras (fractions, :func:`~tsbd_utils.tables.table1`'s layout), the rows behind
+    them (:func:`~.evaluation.evaluation_table`'s, every method in one frame: views of any columns are
+    ``tables.table1(t1.rows, columns, t1.titles, metrics)``) and the defended models by column."""
+
+    table: pd.DataFrame
+    extra: pd.DataFrame | None  # None when assembled without extras
+    rows: pd.DataFrame
+    runs: dict[str, dict[str, Defended]]  # Table 1's defenses by column title, then attack
+    extra_runs: dict[str, dict[str, Defended]]  # the extras' defended models (controls, variants, oracle choices)
+    methods: list[str]  # Table 1's columns: No defense, the baselines, TSBD
+    extras: list[str]  # the extras' columns: No defense, the floor, controls, variants, oracle choices
+    groups: dict[str, list[str]]  # the extras' columns by kind: controls, variants, oracles
+    titles: dict[str, str]  # attack name -> row title
+    scale: str  # dataset, profile and seed, for captions
+    lookups: tuple[int, int] = field(default=(0, 0))  # cache hits and lookups it took
+
+    def export(self, folder: str | Path) -> dict[str, dict[str, Path]]:
+        """Write Table 1 and the extras into ``folder`` under :mod:`tsbd_utils.exports`' names (CSV in percent at
+        full precision, Markdown, LaTeX); return the paths by table and format."""
+        written = {"table1": tables.write_table(self.table, folder, table1_file(folder).stem, caption=(
+            f"Table 1 reproduced ({self.scale}): ACC / ASR / DER (%) per attack; "
+            "average DER = mean of per-attack DERs"))}
+        if self.extra is not None:
+            written["extra"] = tables.write_table(self.extra, folder, table1_file(folder, extra=True).stem, caption=(
+                f"Labelled extras, not part of Table 1 ({self.scale}): trigger floor, same-budget controls, lift "
+                "variants, oracle (test-set) choices"))
+        return written
+
+
+def assemble_table1(
+    session: Session,
+    names: Sequence[str],
+    baselines: Sequence[str] = BASELINES,
+    *,
+    metrics: Sequence[str] = tables.CELL_METRICS,
+    extras: bool = True,
+    matched: Sequence[str] = MATCHED,
+    oracles: Sequence[str] = ORACLES,
+) -> Table1:
+    """Table 1 for attacks ``names`` x (no defense, ``baselines`` in Table 1's order, TSBD), cells ``metrics``;
+    with ``extras`` also the labelled extras beside it: the clean model's trigger floor, the same-budget controls
+    (vanilla FT through TSBD's loop; the ``matched`` baselines at TSBD's epoch count), notebook 05's lift variants
+    and the ``oracles``' test-set choices. Everything is read from the cache, or computed and cached on a miss."""
+    names = _check_names("attack(s)", names, list(ATTACKS))
+    before = len(session.cache.events)
+    titles = {n: ATTACKS[n].title for n in names}
+    runs = main_runs(session, names, baselines)
+    rows = evaluation_table(session, runs, before=NO_DEFENSE)
+    methods = [NO_DEFENSE, *runs]
+    table = tables.table1(rows, methods, titles, metrics, before=NO_DEFENSE)
+    extra, extra_runs, groups = None, {}, {}
+    if extras:
+        epochs = TSBDConfig.for_profile(session.profile).epochs
+        stage2 = {n: tsbd_runs(session, n) for n in names}  # notebook 05's four stage-2 runs
+        controls = {VANILLA: {n: stage2[n]["vanilla FT"] for n in names},
+                    **matched_runs(session, names, matched, epochs)}
+        variants = {label: {n: stage2[n][label] for n in names} for label in LIFTS}
+        extra_runs = {**controls, **variants, **oracle_runs(session, names, oracles)}
+        groups = {"controls": list(controls), "variants": list(variants),
+                  "oracles": [oracle_label(d) for d in oracles]}
+        rows = pd.concat([rows, floor_rows(session, names), evaluation_table(session, extra_runs)], ignore_index=True)
+        extra_columns = [NO_DEFENSE, FLOOR, *extra_runs]
+        extra = tables.table1(rows, extra_columns, titles, metrics, before=NO_DEFENSE)
+        if "DER" in metrics:
+            extra[(FLOOR, "DER")] = np.nan  # a clean model was never backdoored: no DER
+    read = session.cache.events[before:]
+    p = session.profile
+    return Table1(table, extra, rows, runs, extra_runs, methods, [NO_DEFENSE, FLOOR, *extra_runs] if extras else [],
+                  groups, titles, f"{p.dataset}, {p.name} profile, seed {session.seed}",
+                  (sum(e.hit for e in read), len(read)))

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..attacks import ATTACKS, Attack, AttackConfig, AttackContext
-from ..cache import Check, _prefixed
+from ..cache import Check, model_state
 from ..models import count_parameters, model_for
 from ..session import Session
 from ..training import History, channels_last_safe, train
@@ -37,6 +37,16 @@ class Backdoored(Trained):
 
     attack: Attack | None = None
     poisoned: int = 0  # poisoned training images (0 for attacks that poison on the fly)
+
+
+@dataclass
+class Defended:
+    """A defended model (:mod:`.defended`), the defense's record (per-epoch curves included) and its provenance."""
+
+    model: nn.Module
+    record: dict[str, Any]
+    info: dict[str, Any]  # device, compute_seconds, created
+    fields: dict[str, Any] | None = None  # its cache key, for evaluate_cached (None: not cached)
 
 
 def on_device(session: Session, model: nn.Module) -> nn.Module:
@@ -225,7 +235,7 @@ def unlearned_model(
 def _finite_weights(value: dict[str, Any]) -> str | None:
     """Why a cached unlearned model is unusable: non-finite weights, which an unlearning that ran on after
     diverging left (it now stops at the last finite epoch and says so), else None."""
-    bad = non_finite(_prefixed(value, "state."))
+    bad = non_finite(model_state(value))
     return f"non-finite weights in {', '.join(bad[:3])}" if bad else None
 
 

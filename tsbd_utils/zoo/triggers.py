@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..defenses import DEFENSES, ibau, nc
+from ..defenses import DEFENSES, ibau, nc_reverse
 from ..session import Session
 from .keys import model_fields
 from .trained import backdoored_model
@@ -35,13 +35,13 @@ def _found(session: Session, name: str, defense: str, config: Any, compute) -> d
     return session.cache.get_or_compute("trigger", fields, lambda: compute(bd, config))
 
 
-def nc_reversed_trigger(session: Session, name: str, config: nc.NCConfig | None = None) -> dict[str, Any]:
+def nc_reversed_trigger(session: Session, name: str, config: nc_reverse.NCConfig | None = None) -> dict[str, Any]:
     """NC's reversed trigger of the target class of attack ``name``: ``image`` (mask x pattern, (C, H, W))
     and the mask's L1 ``norm``; the same search, settings and seed as inside the defense. Cached."""
 
     def compute(bd, cfg) -> dict[str, Any]:
         splits = session.splits
-        mask, pattern, norm = nc.reverse_engineer(bd.model, splits.clean, bd.attack.config.target, cfg,
+        mask, pattern, norm = nc_reverse.reverse_engineer(bd.model, splits.clean, bd.attack.config.target, cfg,
                                                   seed=session.seed, device=session.device, spec=splits.spec)
         return {"image": (mask * pattern).cpu(), "norm": float(norm)}
 

@@ -1,0 +1,107 @@
+"""The settings that `python -m tsbd_utils.reproduce` and `python -m tsbd_utils.grid` share: one check, the same
+messages, nothing written when a setting is refused."""
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from tsbd_utils import reproduce
+from tsbd_utils.grid import __main__ as grid_cli
+
+from .test_data import write_fmnist
+
+
+def _notebook(folder: Path) -> Path:
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("PROFILE = 'quick'\nSEED = 0")
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    folder.mkdir()
+    nbformat.write(nb, folder / "00_a.ipynb")
+    return folder
+
+
+def _reproduce(tmp: Path, extra: list[str]) -> int:
+    folder = _notebook(tmp / "nbs") if not (tmp / "nbs").exists() else tmp / "nbs"
+    return reproduce.main(["--profile", "smoke", "--notebooks-dir", str(folder), "--run-dir", str(tmp / "runs"),
+                           "--cache-dir", str(tmp / "cache"), "--figures-dir", str(tmp / "figs"), *extra])
+
+
+def _grid(tmp: Path, extra: list[str]) -> int:
+    return grid_cli.main(["--profile", "smoke", "--attacks", "badnets", "--inline", "--run-dir", str(tmp / "runs"),
+                      "--cache-dir", str(tmp / "cache"), *extra])
+
+
+COMMANDS = {"reproduce": _reproduce, "grid": _grid}
+
+BAD = [
+    (["--seed", "-1"], "--seed must be an int in 0..4294967295, got -1"),
+    (["--seed", "18446744073709551616"], "--seed must be an int in 0..4294967295, got 18446744073709551616"),
+    (["--profile", "huge"], "unknown profile 'huge'; allowed: smoke, quick, paper"),
+    (["--dataset", "mnist"], "unknown dataset 'mnist'; allowed: fashion_mnist"),
+    (["--device", "tpu"], "unknown device 'tpu'; allowed: auto, cpu, cuda, cuda:N, mps"),
+    (["--device", "cuda:0"], "CUDA is not available here"),
+    (["--data-dir", "{tmp}/no-such-folder"], r"the data folder .*no-such-folder \(from DATA_DIR / --data-dir\) does not"),
+    (["--data-dir", "{tmp}/a-file"], r"the data folder .*a-file \(from DATA_DIR / --data-dir\) is a file"),
+    (["--data-dir", ""], r"--data-dir must be a folder path \(a non-empty string\), got ''"),
+    (["--cache-dir", ""], r"--cache-dir must be a folder path \(a non-empty string\), got ''"),
+    (["--cache-dir", "{tmp}/a-file/cache"], r"--cache-dir: the cache folder .*a-file/cache cannot be used: .*a-file, on"),
+    (["--cache-dir", "{tmp}/loop"], r"--cache-dir: the cache folder .*loop cannot be used: .*loop is a symbolic link "
+                                    r"that leads nowhere \(broken, or a loop\)"),
+    (["--cache-dir", "{tmp}/loop/cache"], r"loop, on the way to .*loop/cache, is a symbolic link that leads nowhere"),
+    (["--cache-read-only", "--cache-dir", "{tmp}/no-cache"],
+     r"cache folder .*no-cache cannot be used: .*no-cache is not an existing folder \(a read-only cache"),
+    (["--run-dir", "{tmp}/a-file"], r"--run-dir: the folder .*a-file.* cannot be used: .*a-file"),
+    (["--run-dir", "{tmp}/loop"], r"--run-dir: the folder .*loop.* cannot be used: .*symbolic link that leads nowhere"),
+    (["--run-dir", ""], r"--run-dir must be a folder path \(a non-empty string\), got ''"),
+]
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+@pytest.mark.parametrize("extra, message", BAD)
+def test_both_commands_refuse_a_bad_setting_alike_and_write_nothing(tmp_path, capsys, command, extra, message):
+    (tmp_path / "a-file").write_text("not a folder")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")  # a symlink loop: exists() says False, mkdir fails
+    if command == "reproduce":
+        _notebook(tmp_path / "nbs")
+    before = sorted(tmp_path.rglob("*"))
+    assert COMMANDS[command](tmp_path, [e.format(tmp=tmp_path) for e in extra]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert sorted(tmp_path.rglob("*")) == before  # no folder created, no notebook or cell run
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_a_damaged_dataset_stops_both_commands_before_anything_runs(tmp_path, capsys, command):
+    write_fmnist(tmp_path / "data")
+    images = tmp_path / "data" / "train-images-idx3-ubyte.gz"
+    raw = bytearray(images.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # one flipped byte inside the deflate stream
+    images.write_bytes(bytes(raw))
+    if command == "reproduce":
+        _notebook(tmp_path / "nbs")
+    assert COMMANDS[command](tmp_path, ["--data-dir", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"train-images-idx3-ubyte\.gz", err), err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()
+
+
+def test_the_grid_refuses_to_compute_into_a_read_only_cache(tmp_path, capsys):
+    (tmp_path / "cache").mkdir()
+    assert _grid(tmp_path, ["--cache-read-only"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"cells have not finished in the read-only cache .*cache, which would keep none", err), err
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_both_commands_name_the_same_options():
+    helps = {}
+    for name, parser in (("reproduce", reproduce._parser()), ("grid", grid_cli._parser())):
+        helps[name] = {a.option_strings[0]: a.help for a in parser._actions if a.option_strings}
+    shared = ["--profile", "--dataset", "--seed", "--device", "--data-dir", "--cache-dir", "--cache-read-only"]
+    for option in shared:
+        assert helps["reproduce"][option] == helps["grid"][option], option
+    assert "cuda:N" in helps["grid"]["--device"]
