@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 
 from tsbd_utils import cache as cache_mod
 from tsbd_utils import models, paths
@@ -179,9 +181,6 @@ def test_location_explicit_then_environment_then_project(tmp_path, monkeypatch):
 
 def _edit_metadata(path: Path, key: str, value: str) -> None:
     """Rewrite one metadata field of a safetensors file in place, as a hand edit would (valid file, new text)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
     with safe_open(str(path), framework="pt") as handle:
         meta = dict(handle.metadata())
     meta[key] = value
@@ -202,21 +201,51 @@ def test_an_edited_entry_is_detected_not_reported(tmp_path, field, value):
     assert compute.calls == 2 and info.get("device") != "cuda"
 
 
-def test_an_entry_written_before_sealing_is_checked_then_sealed(tmp_path):
+@pytest.mark.parametrize("edit", ["unsealed", "unsealed, provenance edited", "unsealed, fields edited"])
+def test_an_entry_without_its_seal_is_recomputed_never_trusted(tmp_path, edit):
+    cache = Cache(tmp_path)
+    compute = Counter(make_value())
+    _, first = cache.get_or_compute_with_info("model", {"k": 1}, compute)
+    path = cache.path("model", {"k": 1})
+    with safe_open(str(path), framework="pt") as handle:
+        meta = {k: v for k, v in handle.metadata().items() if k != "tsbd.seal"}
+    if "provenance" in edit:
+        meta["tsbd.info"] = json.dumps({**first, "train_seconds": 0.5})
+    if "fields" in edit:
+        meta["tsbd.fields"] = json.dumps({"k": 2})
+    save_file(load_file(str(path)), str(path), metadata=meta)
+    with pytest.warns(UserWarning, match="carries no seal"):
+        _, info = cache.get_or_compute_with_info("model", {"k": 1}, compute)
+    assert compute.calls == 2 and "train_seconds" not in info  # recomputed, and the made-up provenance is gone
+    assert cache.get_or_compute("model", {"k": 1}, compute) and compute.calls == 2  # the new entry is sealed: a hit
+
+
+def test_an_entry_whose_stored_fields_differ_from_its_key_is_recomputed(tmp_path):
     cache = Cache(tmp_path)
     compute = Counter(make_value())
     cache.get_or_compute("model", {"k": 1}, compute)
     path = cache.path("model", {"k": 1})
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    with safe_open(str(path), framework="pt") as handle:
+        meta = dict(handle.metadata())
+    meta["tsbd.fields"] = json.dumps({"k": 2})
+    meta["tsbd.seal"] = cache_mod._seal(meta)  # sealed again over the edit: only the fields check can tell
+    save_file(load_file(str(path)), str(path), metadata=meta)
+    with pytest.warns(UserWarning, match="the fields it stores are not the fields asked for"):
+        cache.get_or_compute("model", {"k": 1}, compute)
+    assert compute.calls == 2
 
-    with safe_open(str(path), framework="pt") as handle:
-        meta = {k: v for k, v in handle.metadata().items() if k != "tsbd.seal"}
-    save_file(load_file(str(path)), str(path), metadata=meta)  # as an older version wrote it
-    value = cache.get_or_compute("model", {"k": 1}, compute)
-    assert compute.calls == 1 and value["acc"] == 0.875  # a hit: the key did not change
-    with safe_open(str(path), framework="pt") as handle:
-        assert "tsbd.seal" in handle.metadata()
+
+def test_a_full_disk_while_safetensors_writes_warns_and_keeps_the_value(tmp_path, monkeypatch):
+    cache = Cache(tmp_path)
+
+    def full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise SafetensorError("No space left on device (os error 28)")  # what safetensors raises: not an OSError
+
+    monkeypatch.setattr(cache_mod, "save_file", full)
+    with pytest.warns(UserWarning, match="could not store model .*SafetensorError: No space left on device"):
+        value = cache.get_or_compute("model", {"k": 1}, Counter(make_value()))
+    assert value["acc"] == 0.875 and list((tmp_path / "model").iterdir()) == []
 
 
 def test_a_read_only_cache_recomputes_a_damaged_entry_warns_and_writes_nothing(tmp_path):

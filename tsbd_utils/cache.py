@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -71,6 +71,8 @@ def canonical(value: Any) -> Any:
 
 _SEALED = ("tsbd.kind", "tsbd.key", "tsbd.fields", "tsbd.digest", "tsbd.info")  # what the seal covers
 READ_ONLY_ENV = "TSBD_CACHE_READ_ONLY"
+# What a failed write raises: the OS's errors, and safetensors' own (a full disk while it writes is one of these).
+WRITE_ERRORS = (OSError, SafetensorError)
 
 
 def _seal(meta: dict[str, str]) -> str:
@@ -86,6 +88,11 @@ def read_only_from_env() -> bool:
     if value in ("1", "true", "yes"):
         return True
     raise ValueError(f"${READ_ONLY_ENV}={value!r} is not understood; allowed: 1, true, yes, 0, false, no or unset")
+
+
+def _fields_text(fields: Any) -> str:
+    """The key fields as the entry stores them (``tsbd.fields``), compared on every load."""
+    return json.dumps(canonical(fields), sort_keys=True)
 
 
 def _digest(tensors: dict[str, torch.Tensor], payload: str) -> str:
@@ -151,16 +158,17 @@ class Cache:
                 raise ValueError("the stored key does not match the file name")
             if _digest(tensors, payload) != meta["tsbd.digest"]:
                 raise ValueError("the content does not match its checksum")
-            sealed = "tsbd.seal" in meta
-            if sealed and _seal(meta) != meta["tsbd.seal"]:
+            if "tsbd.seal" not in meta:  # its provenance could have been edited with nothing to tell
+                raise ValueError("it carries no seal (written by an older version, or its seal was removed)")
+            if _seal(meta) != meta["tsbd.seal"]:
                 raise ValueError("its fields or provenance do not match the seal (the entry was edited)")
+            if meta.get("tsbd.fields") != _fields_text(fields):
+                raise ValueError("the fields it stores are not the fields asked for")
             value: Artifact = {**json.loads(payload), **tensors}
             info = json.loads(meta.get("tsbd.info", "{}"))
             problem = check(value) if check is not None else None
             if problem:
                 raise ValueError(f"it is stale: {problem}")
-            if not sealed:  # written before entries were sealed: checked above, sealed now (same key, same value)
-                self._reseal(path, tensors, meta)
             return value, info
         except Exception as err:  # truncated, corrupted, edited, foreign: never trust it
             what = "left in place (read-only cache)" if self.read_only else "removed"
@@ -173,15 +181,9 @@ class Cache:
                     path.unlink(missing_ok=True)
             return None
 
-    def _reseal(self, path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
-        if self.read_only:
-            return
-        meta = {**meta, "tsbd.seal": _seal(meta)}
-        with contextlib.suppress(OSError), atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
-
     def store(self, kind: str, fields: Any, value: Artifact, info: dict[str, Any] | None = None) -> Path:
-        """Write ``value`` atomically; return its path."""
+        """Write ``value`` atomically; return its path. A failed write (a full disk, a folder made read-only) raises
+        one of :data:`WRITE_ERRORS` and leaves no file; :meth:`store_or_warn` turns it into a warning."""
         tensors = {
             k: v.detach().to("cpu").contiguous().clone() for k, v in value.items() if isinstance(v, torch.Tensor)
         }
@@ -192,7 +194,7 @@ class Cache:
             "tsbd.kind": kind,
             "tsbd.key": path.stem,
             "tsbd.json": payload,
-            "tsbd.fields": json.dumps(canonical(fields), sort_keys=True),
+            "tsbd.fields": _fields_text(fields),
             "tsbd.digest": _digest(tensors, payload),
             "tsbd.info": json.dumps(info or {}, sort_keys=True),
         }
@@ -200,6 +202,19 @@ class Cache:
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
         return path
+
+    def store_or_warn(self, kind: str, fields: Any, value: Artifact, info: dict[str, Any] | None = None) -> Path | None:
+        """:meth:`store`, except that a failed write only warns (the value is right; only the cache loses it) and
+        gives None. A read-only cache stores nothing and says so."""
+        if self.read_only:
+            warnings.warn(f"read-only cache {self.root}: {kind} computed and not stored", stacklevel=3)
+            return None
+        try:
+            return self.store(kind, fields, value, info)
+        except WRITE_ERRORS as err:
+            warnings.warn(f"could not store {kind} in the cache {self.root} ({type(err).__name__}: {err}); continuing",
+                          stacklevel=3)
+            return None
 
     def get_or_compute(
         self, kind: str, fields: Any, compute: Compute, info: Info | None = None, check: Check | None = None
@@ -230,13 +245,7 @@ class Cache:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **(info() if info else {}),
         }
-        if self.read_only:
-            warnings.warn(f"read-only cache {self.root}: {kind} computed and not stored", stacklevel=2)
-        else:
-            try:
-                self.store(kind, fields, value, extra)
-            except OSError as err:  # the value is right; only the cache is lost
-                warnings.warn(f"could not store {kind} in the cache {self.root} ({err}); continuing", stacklevel=2)
+        self.store_or_warn(kind, fields, value, extra)
         self.events.append(CacheEvent(kind, self.key(kind, fields), False, seconds))
         return value, extra
 

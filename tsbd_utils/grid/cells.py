@@ -239,6 +239,5 @@ def run_cell(settings: Settings, cell: Cell, *needed: Any) -> dict[str, Any]:
         "device": str(S.device),
         "threads": settings.threads,
     }
-    if not S.cache.read_only:  # a read-only cache keeps no markers: a rerun recomputes (and warns), as a notebook would
-        S.cache.store(MARKER, marker_fields(S, cell), value)
+    S.cache.store_or_warn(MARKER, marker_fields(S, cell), value)  # a failed write warns: a rerun recomputes the cell
     return value
