@@ -19,12 +19,13 @@ CHROMIUM_VERSION ?= 156.0.8078.114-1~deb12u1
 AS_ROOT = if [ "$$(id -u)" = 0 ]; then SUDO=; \
 	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi
 
-.PHONY: help setup data browser reproduce grid test test-quick test-paper lab strip clean-cache assignments grade book
+.PHONY: help setup data browser reproduce grid lint test test-quick test-paper lab strip clean-cache assignments grade book
 
 help:
 	@echo "make reproduce   run all notebooks (PROFILE=$(PROFILE), more options in ARGS=...), write figures/ and runs/$(PROFILE)/"
 	@echo "make grid        Table 1's cells in parallel on Dask workers (PROFILE=$(PROFILE); ARGS=\"--workers 2\", --address ...)"
-	@echo "make test        unit tests + every notebook in the smoke profile"
+	@echo "make test        the linter, then unit tests + every notebook in the smoke profile"
+	@echo "make lint        ruff on the package, tests, benchmarks and notebooks (make test runs it first)"
 	@echo "make test-quick  slower checks of real quick-profile results"
 	@echo "make test-paper  the paper-profile GPU check (skipped without CUDA)"
 	@echo "make lab         JupyterLab on notebooks/"
@@ -79,7 +80,10 @@ reproduce: setup
 grid: setup
 	$(PY) -m tsbd_utils.grid --profile $(PROFILE) $(ARGS)
 
-test: setup browser
+lint: $(STAMP)
+	$(VENV)/bin/ruff check tsbd_utils tests benchmarks notebooks
+
+test: setup browser lint
 	$(PY) -m pytest -m "not slow and not paper" $(PYTEST_ARGS)
 
 test-quick: setup

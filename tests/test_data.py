@@ -99,6 +99,29 @@ def test_a_damaged_gzip_file_is_named_with_how_to_reinstall(no_system_data):
         data.load("fashion_mnist", data_dir=folder, download=False)
 
 
+def _deflate_start(gz: bytes) -> int:
+    """Where the deflate data of a gzip member starts: after its 10-byte header and the file name gzip.open stores."""
+    assert gz[:2] == b"\x1f\x8b" and gz[3] & ~0x08 == 0  # only FNAME may be set
+    return gz.index(b"\x00", 10) + 1 if gz[3] & 0x08 else 10
+
+
+@pytest.mark.parametrize("damage", ["block type", "checksum"])
+def test_a_flipped_bit_inside_a_gzip_file_is_named_with_how_to_reinstall(no_system_data, damage):
+    folder = no_system_data / "fm"
+    write_fmnist(folder, compress=True)
+    path = folder / "train-images-idx3-ubyte.gz"
+    raw = bytearray(path.read_bytes())
+    if damage == "block type":  # the first block's type bits set to 11, which deflate reserves: zlib.error
+        raw[_deflate_start(raw)] |= 0b110
+        expected = r"error: Error -3 while decompressing data: invalid block type"
+    else:  # a bit of the stored CRC-32: gzip's own check fails
+        raw[-8] ^= 0x01
+        expected = r"BadGzipFile: CRC check failed"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=rf"train-images-idx3-ubyte.gz cannot be read: {expected}.*Reinstall it"):
+        data.load("fashion_mnist", data_dir=folder, download=False)
+
+
 def test_a_file_of_another_dataset_is_named_with_its_labels_and_how_to_reinstall(no_system_data):
     folder = no_system_data / "fm"
     write_fmnist(folder, compress=False)

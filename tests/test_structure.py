@@ -43,7 +43,15 @@ def _imports(name: str, path: Path) -> list[tuple[str, list[str]]]:
     """(module imported, names taken from it) for every import statement of the module, wherever it stands."""
     package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     found = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    # An import under `if __name__ == "__main__":` runs only when the module is the program (python -m), never when
+    # it is imported, so it cannot close a circle: `python -m tsbd_utils.config show` is such an entry point.
+    main_guards = [node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) in (
+        "__name__ == '__main__'", '__name__ == "__main__"')]
+    skipped = {id(n) for guard in main_guards for n in ast.walk(guard)}
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         if isinstance(node, ast.ImportFrom):
             base = package[: len(package) - node.level + 1] if node.level else []
             target = ".".join(base + ([node.module] if node.module else []))

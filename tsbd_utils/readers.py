@@ -25,7 +25,7 @@ def read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as handle:
             raw = handle.read()
     except (OSError, EOFError, zlib.error) as err:  # a damaged or cut-off gzip stream (a flipped bit: zlib.error)
-        raise ValueError(f"{path} cannot be read ({type(err).__name__}: {err}); get the file again") from err
+        raise ValueError(f"{path} cannot be read: {type(err).__name__}: {err}") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise ValueError(f"{path} is not an IDX file of unsigned bytes")
     ndim = raw[3]
