@@ -217,3 +217,10 @@ def resolve(profile: str | Profile, **overrides: Any) -> Profile:
             value = dataclasses.replace(base.train, **value)
         changes[key] = value
     return dataclasses.replace(base, **changes)
+
+
+if __name__ == "__main__":  # python -m tsbd_utils.config show --profile quick
+    import sys
+
+    from .settings_report import main
+    sys.exit(main())

@@ -136,6 +136,7 @@ class Attack:
     state_keys: ClassVar[tuple[str, ...]] = ()  # keys of self.state after prepare; "net." stands for net.*
     constant_lr: ClassVar[bool] = False  # BackdoorBench trains this attack's model with a constant learning rate
     uses_clean_model: ClassVar[bool] = False  # prepare() reads AttackContext.clean_model (the grid orders cells by it)
+    profile_scaled: ClassVar[tuple[str, ...]] = ()  # config fields prepare() runs at the profile's epoch scale
 
     def __init__(self, config: AttackConfig | None = None, **overrides: Any) -> None:
         config = config if config is not None else self.config_class()
@@ -164,6 +165,11 @@ class Attack:
 
     def _prepare(self, context: AttackContext) -> None:
         """Subclasses build their state here."""
+
+    def scaled_settings(self, profile: Profile) -> dict[str, int]:
+        """The config fields (:attr:`profile_scaled`) that prepare() runs at ``profile``'s scale, with the values it
+        runs them at (:meth:`~tsbd_utils.config.Profile.scale_epochs`)."""
+        return {name: profile.scale_epochs(getattr(self.config, name)) for name in self.profile_scaled}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Every tensor the attack needs after ``prepare`` (stored with the backdoored model)."""

@@ -63,6 +63,7 @@ class InputAware(Attack):
     config_class = InputAwareConfig
     on_the_fly = True
     constant_lr = True  # BackdoorBench's classifier milestones lie past the last epoch
+    profile_scaled = ("mask_epochs",)  # scaled like the defenses' epochs (quick: 5): fewer left the masks too dense
 
     def _nets(self) -> tuple[UNet, UNet]:
         c = self.shape[0]
@@ -74,9 +75,7 @@ class InputAware(Attack):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(context.seed)
             self.pattern_net, self.mask_net = (net.to(context.device) for net in self._nets())
-        # Scaled like the defenses' epochs (quick: 5): fewer left the masks at twice the density asked for.
-        epochs = context.profile.scale_epochs(self.config.mask_epochs)
-        self._train_masks(context, epochs)
+        self._train_masks(context, self.scaled_settings(context.profile)["mask_epochs"])
 
     def pattern(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.pattern_net.to(x.device)(x)) / 2 + 0.5

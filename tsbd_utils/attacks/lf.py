@@ -89,9 +89,10 @@ class LF(Attack):
     )
     config_class = LFConfig
     uses_clean_model = True  # prepare() fits its trigger against the clean model
+    profile_scaled = ("steps",)
 
     def _prepare(self, context: AttackContext) -> None:
-        steps = context.profile.scale_epochs(self.config.steps)
+        steps = self.scaled_settings(context.profile)["steps"]
         fields = {"resource": "lf-pattern", "config": self.config, "steps": steps}
         self.state = {
             "pattern": context.cached("resource", fields, lambda: {"pattern": self._fit(context, steps)})["pattern"]

@@ -72,13 +72,14 @@ class SSBA(Attack):
     )
     config_class = SSBAConfig
     invisible = True
+    profile_scaled = ("steps",)
 
     def _encoder(self) -> SecretEncoder:
         c, h, _ = self.shape
         return SecretEncoder(c, h, self.config.bits, self.config.width, self.config.max_residual)
 
     def _prepare(self, context: AttackContext) -> None:
-        steps = context.profile.scale_epochs(self.config.steps)
+        steps = self.scaled_settings(context.profile)["steps"]
         fields = {"resource": "ssba-encoder", "config": self.config, "steps": steps}
         state = context.cached("resource", fields, lambda: self._fit(context, steps))
         secret = torch.randint(0, 2, (1, self.config.bits), generator=generator(context.seed, "ssba-secret"))

@@ -37,10 +37,11 @@ class Trojan(Attack):
     citation = "Liu et al., Trojaning Attack on Neural Networks, NDSS 2018 (https://doi.org/10.14722/ndss.2018.23291)"
     config_class = TrojanConfig
     uses_clean_model = True  # prepare() fits its trigger against the clean model
+    profile_scaled = ("iterations",)
 
     def _prepare(self, context: AttackContext) -> None:
         mask = corner_mask(self.shape, self.config.mask_size)
-        iterations = context.profile.scale_epochs(self.config.iterations)
+        iterations = self.scaled_settings(context.profile)["iterations"]
         fields = {"resource": "trojan-trigger", "config": self.config, "iterations": iterations}
         fitted = context.cached("resource", fields, lambda: self._fit(context, mask, iterations))
         self.state = {"mask": mask, "pattern": fitted["pattern"]}
