@@ -13,6 +13,7 @@ from tsbd_utils.defenses import DEFENSES, REINIT_SCHEMES, OracleData, TSBDConfig
 from tsbd_utils.defenses.fp import nwc_order
 from tsbd_utils.defenses.reinit import choose_neuron_ratio, oracle_neuron_ratio
 from tsbd_utils.zoo import ablations
+from tsbd_utils.zoo.keys import defender_fields
 
 from .test_tsbd import TwoConvs, _pair  # all weights 1; NWC a0 10, a1 1, b0 5, b1 0.5; the shortcut moves most
 
@@ -116,7 +117,8 @@ def test_plan_holds_the_profiles_n_and_refuses_bad_values():
     assert ablations.left_out(ablations.AblationPlan.for_profile(config.resolve("paper"))) == []
     with pytest.raises(ValueError, match="unknown attack 'badnet'"):
         ablations.AblationPlan.for_profile(quick, attacks=["badnet"])
-    with pytest.raises(ValueError, match="poisoning ratios must be in"):
+    share = r"a non-empty tuple of numbers in \(0, 1\)"
+    with pytest.raises(ValueError, match=rf"AblationPlan\.poison_ratios must be {share}, got \(0\.1, 1\.0\)"):
         ablations.AblationPlan.for_profile(quick, poison_ratios=[0.1, 1.0])
     with pytest.raises(ValueError, match="seeds must be a tuple of ints"):
         ablations.AblationPlan.for_profile(quick, seeds=[0, -1])
@@ -145,7 +147,7 @@ def test_a_variant_session_keeps_the_cache_and_keys_its_defenders_images(tmp_pat
     s = _smoke(tmp_path, cache_dir)
     more = s.variant(clean_ratio=0.1)
     assert more.cache is s.cache and more.seed == s.seed and more.profile.clean_ratio == 0.1
-    assert zoo.defender_fields(s) == {} and zoo.defender_fields(more) == {"clean_ratio": 0.1}
+    assert defender_fields(s) == {} and defender_fields(more) == {"clean_ratio": 0.1}
     assert len(more.splits.clean) == 2 * len(s.splits.clean)
     assert torch.equal(more.splits.clean.x[: len(s.splits.clean)], s.splits.clean.x)  # the 5% come first
     assert torch.equal(more.splits.train.x, s.splits.train.x)  # the attacker's data does not change
