@@ -1,11 +1,24 @@
 import dataclasses
+import math
 import re
 
 import pytest
 
 from tsbd_utils import config
 from tsbd_utils.registry import Registry, UnknownNameError
-from tsbd_utils.settings import UnknownSettingError
+from tsbd_utils.settings import (
+    UnknownSettingError,
+    above,
+    at_least,
+    check_ranges,
+    each,
+    in_range,
+    non_negative,
+    one_of,
+    optional,
+    positive,
+    settings,
+)
 
 
 def test_profiles_exist_with_their_scales():
@@ -104,13 +117,13 @@ def test_config_knows_the_registered_names_without_importing_them():
 @pytest.mark.parametrize(
     "name, setting, value, wanted",
     [
-        ("clp", "u", "3", "a finite number"),
+        ("clp", "u", "3", "a finite number >= 0"),  # a ranged setting: its range too
         ("ft", "finetune", {"epochs": 5}, "a FineTuning"),  # a nested config, never a plain dict
         ("tsbd", "unlearn", {"lr": 1e-3}, "an UnlearnConfig"),
-        ("tsbd", "epochs", True, "an int"),
-        ("anp", "eps", False, "a finite number"),
+        ("tsbd", "epochs", True, "an int >= 0"),
+        ("anp", "eps", False, "a finite number >= 0"),
         ("ibau", "augment", 1, "True or False"),
-        ("nad", "teacher_epochs", 2.0, "an int"),
+        ("nad", "teacher_epochs", 2.0, "an int >= 1"),
     ],
 )
 def test_a_setting_of_the_wrong_type_names_the_type_asked_for(name, setting, value, wanted):
@@ -131,11 +144,11 @@ def test_python_numbers_pass_the_type_check_and_bools_are_not_numbers():
 
     c = TSBDConfig(neuron_ratio=np.float64(0.3), epochs=2, radius=1)  # a float subclass, an int as a float
     assert c.neuron_ratio == 0.3 and c.epochs == 2
-    with pytest.raises(ValueError, match=r"TSBDConfig\.epochs must be an int, got np\.int64\(2\)"):
+    with pytest.raises(ValueError, match=r"TSBDConfig\.epochs must be an int >= 0, got np\.int64\(2\)"):
         TSBDConfig(epochs=np.int64(2))
-    with pytest.raises(ValueError, match=r"TrainConfig\.epochs must be an int, got True"):
+    with pytest.raises(ValueError, match=r"TrainConfig\.epochs must be an int >= 0, got True"):
         config.TrainConfig(epochs=True)
-    with pytest.raises(ValueError, match=r"TrainConfig\.lr must be a finite number, got '0.1'"):
+    with pytest.raises(ValueError, match=r"TrainConfig\.lr must be a finite number >= 0, got '0.1'"):
         config.resolve("quick", train={"lr": "0.1"})
 
 
@@ -143,13 +156,16 @@ def test_python_numbers_pass_the_type_check_and_bools_are_not_numbers():
     "build, message",
     [
         (lambda: config.resolve("quick", train={"lr": float("inf")}),
-         r"TrainConfig\.lr must be a finite number, got inf"),
+         r"TrainConfig\.lr must be a finite number >= 0, got inf"),
         (lambda: config.resolve("quick", epoch_scale=float("nan")), r"Profile\.epoch_scale must be a finite number"),
         (
             lambda: dataclasses.replace(config.PROFILES["quick"], train={"epochs": 1}),
             r"Profile\.train must be a TrainConfig, got \{'epochs': 1\}",
         ),
-        (lambda: config.resolve("quick", eval_size="5000"), r"Profile\.eval_size must be an int or None, got '5000'"),
+        (
+            lambda: config.resolve("quick", eval_size="5000"),
+            r"Profile\.eval_size must be None or an int > 0, got '5000'",
+        ),
     ],
 )
 def test_infinite_numbers_and_plain_dicts_for_nested_configs_are_refused(build, message):
@@ -160,9 +176,10 @@ def test_infinite_numbers_and_plain_dicts_for_nested_configs_are_refused(build, 
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"lr": -0.01}, r"fine-tuning lr must be >= 0, got -0\.01"),
-        ({"momentum": 1.0}, r"fine-tuning momentum must be in \[0, 1\), got 1\.0"),
-        ({"batch_size": 0}, r"fine-tuning batch_size must be an int > 0, got 0"),
+        ({"lr": -0.01}, r"FineTuning\.lr must be >= 0, got -0\.01"),
+        ({"momentum": 1.0}, r"FineTuning\.momentum must be in \[0, 1\), got 1\.0"),
+        ({"batch_size": 0}, r"FineTuning\.batch_size must be an int > 0, got 0"),
+        ({"epochs": 0}, r"FineTuning\.epochs must be an int >= 1, got 0"),
         ({"schedule": "step"}, r"step.*allowed: "),
     ],
 )
@@ -202,3 +219,94 @@ def test_a_defense_config_comes_from_a_profile_or_its_name():
     assert config_for("tsbd", "quick") == config_for("tsbd", config.PROFILES["quick"])
     with pytest.raises(UnknownNameError, match="unknown profile 'fast'; allowed: smoke, quick, paper"):
         config_for("tsbd", "fast")
+
+
+# ---------------------------------------------------------------- the range rules every config checks its settings by
+@pytest.mark.parametrize(
+    "rule, accepted, refused, allowed",
+    [
+        (at_least(1, int), [1, 7], [0, -1, True, 1.0, "1", None], "an int >= 1"),
+        (at_least(0), [0, 0.0, 1e9], [-1e-12, float("inf"), float("nan"), False, "0"], ">= 0"),
+        (above(0), [1e-12, 3], [0, 0.0, -1.0, True, float("inf")], "> 0"),
+        (above(0, int), [1], [0, True, 2.5], "an int > 0"),
+        (in_range(0, 1), [0, 0.0, 1, 1.0, 0.5], [math.nextafter(0, -1), math.nextafter(1, 2), True], "in [0, 1]"),
+        (in_range(0, 1, low_open=True, high_open=True), [math.nextafter(0, 1), math.nextafter(1, 0)], [0, 1.0],
+         "in (0, 1)"),
+        (in_range(0, 1, low_open=True), [1.0], [0.0], "in (0, 1]"),
+        (in_range(0, 1, high_open=True), [0.0], [1.0], "in [0, 1)"),
+        (in_range(1, 3, kind=int), [1, 3], [0, 4, 2.0, True], "an int in [1, 3]"),
+        (optional(at_least(1, int)), [None, 1], [0, True, "1"], "None or an int >= 1"),
+        (each(in_range(0, 1, high_open=True), length=2), [(0, 0.5)], [(0, 1.0), (0.5,), [0.5, 0.5], 0.5],
+         "a tuple of 2 numbers in [0, 1)"),
+        (each(at_least(0, int), nonempty=True), [(0,), (0, 3)], [(), (True,), (-1,), (0, 1.5)],
+         "a non-empty tuple of ints >= 0"),
+        (each(at_least(1, int)), [(), (1, 2)], [(0,), [1]], "a tuple of ints >= 1"),
+        (one_of(("clean", "oracle")), ["clean", "oracle"], ["test", "", None, ("clean",)], "one of clean, oracle"),
+    ],
+)
+def test_each_rule_takes_its_boundary_and_refuses_just_outside_it(rule, accepted, refused, allowed):
+    assert rule.allowed == allowed
+    for value in accepted:
+        assert rule(value), value
+    for value in refused:
+        assert not rule(value), value
+
+
+def test_a_rule_asks_for_an_int_or_a_finite_number_only():
+    with pytest.raises(TypeError, match="int or float"):
+        at_least(0, bool)
+    assert positive.describe(0.0) == "> 0" and positive.describe("x") == "a finite number > 0"
+    assert positive.describe(float("nan")) == "a finite number > 0"
+    assert non_negative.describe(True) == "a finite number >= 0" and at_least(1, int).describe(True) == "an int >= 1"
+
+
+@settings
+class _Knobs:
+    epochs: int = 1
+    lr: float = 0.1
+    momentum: float = 0.9
+    size: int | None = None
+    betas: tuple[float, float] = (0.5, 0.9)
+    mode: str = "a"
+    flag: bool = False
+
+    def __post_init__(self) -> None:
+        check_ranges(
+            self, epochs=at_least(1, int), lr=positive, momentum=in_range(0, 1, high_open=True),
+            size=optional(above(0, int)), betas=each(in_range(0, 1, high_open=True), length=2), mode=one_of("ab"),
+        )
+
+
+def test_check_ranges_names_every_bad_setting_in_one_error():
+    assert _Knobs(epochs=1, lr=1e-9, momentum=0.0, size=None, betas=(0.0, 0.999), mode="b").size is None
+    assert _Knobs(size=1).size == 1
+    with pytest.raises(ValueError) as err:
+        _Knobs(epochs=0, lr=0.0, momentum=1.0, size=0, betas=(0.5,), mode="c", flag=1)
+    assert str(err.value) == (
+        "_Knobs.epochs must be an int >= 1, got 0; _Knobs.lr must be > 0, got 0.0; "
+        "_Knobs.momentum must be in [0, 1), got 1.0; _Knobs.size must be None or an int > 0, got 0; "
+        "_Knobs.betas must be a tuple of 2 numbers in [0, 1), got (0.5,); _Knobs.mode must be one of a, b, got 'c'; "
+        "_Knobs.flag must be True or False, got 1"  # a setting without a range: its type, as check_types says
+    )
+
+
+@pytest.mark.parametrize(
+    "setting, value, message",
+    [
+        ("epochs", True, "an int >= 1, got True"),  # isinstance(True, int), but a bool is never a count
+        ("epochs", 2.0, "an int >= 1, got 2.0"),
+        ("lr", True, "a finite number > 0, got True"),
+        ("lr", float("inf"), "a finite number > 0, got inf"),  # inf > 0, but it would break training
+        ("lr", float("nan"), "a finite number > 0, got nan"),
+        ("lr", "0.1", "a finite number > 0, got '0.1'"),
+        ("size", True, "None or an int > 0, got True"),
+    ],
+)
+def test_check_ranges_refuses_bools_and_non_finite_numbers_naming_the_range(setting, value, message):
+    with pytest.raises(ValueError, match=rf"^_Knobs\.{setting} must be {re.escape(message)}$"):
+        _Knobs(**{setting: value})
+
+
+def test_check_ranges_refuses_a_rule_for_a_setting_the_config_does_not_have():
+    with pytest.raises(TypeError, match="_Knobs does not have: epoch"):
+        check_ranges(_Knobs(), epoch=at_least(1, int))

@@ -242,7 +242,7 @@ def test_defense_is_deterministic_for_a_seed():
     ],
 )
 def test_bad_config_values_fail_naming_the_value(field, value):
-    # a value of the wrong type is named by check_types, a wrong value of the right type by the range checks
+    # a value of the wrong type or out of its range is named with the range (settings.check_ranges)
     with pytest.raises(ValueError, match=rf"{field}(=| must be .*, got ){re.escape(repr(value))}"):
         IBAUConfig(**{field: value})
 

@@ -3,6 +3,7 @@
 import copy
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
@@ -132,7 +133,7 @@ def test_recovered_masks_stay_in_zero_one_and_alpha_only_scales_the_loss():
     ],
 )
 def test_bad_rnp_settings_fail_naming_the_value(field, value):
-    with pytest.raises(ValueError, match=f"{field}={value!r}".replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=rf"RNPConfig\.{field} must be .+, got {re.escape(repr(value))}"):
         RNPConfig(**{field: value})
 
 

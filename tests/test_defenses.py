@@ -149,7 +149,7 @@ def test_fp_prunes_the_least_active_head_inputs_and_keeps_them_at_zero_through_f
     assert torch.all(head[:, order[:pruned]] == 0)
     assert torch.all(head[:, order[pruned:]].abs().sum(0) > 0)
     assert isinstance(result.model.linear, nn.Linear) and not hasattr(result.model.linear, "weight_orig")
-    with pytest.raises(ValueError, match="'test'.*allowed: clean, oracle"):
+    with pytest.raises(ValueError, match=r"FPConfig\.choice must be one of clean, oracle, got 'test'"):
         FPConfig(choice="test")
     with pytest.raises(ValueError, match="oracle=OracleData"):
         DEFENSES["fp"](model, clean, FPConfig.for_profile(SMOKE, choice="oracle"), spec=_spec(), seed=0)

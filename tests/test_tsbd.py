@@ -252,7 +252,7 @@ def test_tsbd_through_the_registry_leaves_the_input_model_alone(tiny_images):
     assert len(record["stage2"]["epochs"]) == 2
     assert record["stage1"]["neurons"] == int(0.3 * record["stage1"]["total_neurons"]) > 0
     assert record["stage1"]["zeroed_weights"] > 0
-    with pytest.raises(ValueError, match="alpha=2"):
+    with pytest.raises(ValueError, match=r"TSBDConfig\.alpha must be in \[0, 1\], got 2$"):
         TSBDConfig(alpha=2)
 
 

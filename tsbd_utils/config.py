@@ -22,7 +22,11 @@ from typing import Any
 from .names import DATASET_NAMES, MODEL_NAMES, check_name
 from .registry import Registry
 from .schedules import SCHEDULES
-from .settings import check_types, require, settings
+from .settings import above, at_least, check_ranges, in_range, optional, positive, settings
+
+# The ranges of TrainConfig's settings; FineTuning, a recipe turned into a TrainConfig, checks its own by them.
+TRAIN_RANGES = {"epochs": at_least(0, int), "batch_size": above(0, int), "lr": at_least(0),
+                "momentum": in_range(0, 1, high_open=True), "weight_decay": at_least(0)}
 
 
 @settings
@@ -44,15 +48,7 @@ class TrainConfig:
     compile: bool = dataclasses.field(default=False, compare=False)
 
     def __post_init__(self) -> None:
-        check_types(self)
-        require(isinstance(self.epochs, int) and self.epochs >= 0, f"epochs must be an int >= 0, got {self.epochs!r}")
-        require(
-            isinstance(self.batch_size, int) and self.batch_size > 0,
-            f"batch_size must be an int > 0, got {self.batch_size!r}",
-        )
-        require(self.lr >= 0, f"lr must be >= 0, got {self.lr!r}")
-        require(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum!r}")
-        require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        check_ranges(self, **TRAIN_RANGES)
         SCHEDULES.check(self.schedule)
 
 
@@ -94,33 +90,14 @@ class Profile:
     description: str = ""  # one line for tables and notebook headers
 
     def __post_init__(self) -> None:
-        check_types(self)
+        count, share = optional(above(0, int)), in_range(0, 1, low_open=True, high_open=True)
+        check_ranges(
+            self, train_size=count, test_size=count, eval_size=count, width=above(0, int), clean_ratio=share,
+            epoch_scale=positive, defense_scale=positive, epoch_cap=count, unlearn_cap=above(0, int),
+            unlearn_lr=positive, tsbd_neuron_ratio=share, anp_iterations=count,
+        )
         check_name("dataset", self.dataset, DATASET_NAMES)
         check_name("model", self.model, MODEL_NAMES)
-        for name in ("train_size", "test_size", "eval_size"):
-            value = getattr(self, name)
-            require(
-                value is None or (isinstance(value, int) and value > 0),
-                f"{name} must be None or an int > 0, got {value!r}",
-            )
-        require(isinstance(self.width, int) and self.width > 0, f"width must be an int > 0, got {self.width!r}")
-        require(0 < self.clean_ratio < 1, f"clean_ratio must be in (0, 1), got {self.clean_ratio!r}")
-        require(self.epoch_scale > 0, f"epoch_scale must be > 0, got {self.epoch_scale!r}")
-        require(self.defense_scale > 0, f"defense_scale must be > 0, got {self.defense_scale!r}")
-        require(
-            self.epoch_cap is None or (isinstance(self.epoch_cap, int) and self.epoch_cap > 0),
-            f"epoch_cap must be None or an int > 0, got {self.epoch_cap!r}",
-        )
-        require(
-            isinstance(self.unlearn_cap, int) and self.unlearn_cap > 0,
-            f"unlearn_cap must be an int > 0, got {self.unlearn_cap!r}",
-        )
-        require(self.unlearn_lr > 0, f"unlearn_lr must be > 0, got {self.unlearn_lr!r}")
-        require(0 < self.tsbd_neuron_ratio < 1, f"tsbd_neuron_ratio must be in (0, 1), got {self.tsbd_neuron_ratio!r}")
-        require(
-            self.anp_iterations is None or (isinstance(self.anp_iterations, int) and self.anp_iterations > 0),
-            f"anp_iterations must be None or an int > 0, got {self.anp_iterations!r}",
-        )
 
     def scale_epochs(self, epochs: int) -> int:
         """A method's epoch count at this profile's scale (at least 1)."""

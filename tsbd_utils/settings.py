@@ -1,21 +1,28 @@
-"""Config dataclasses that check themselves: ``@settings`` and the type check every config runs first.
+"""Config dataclasses that check themselves: ``@settings``, and :func:`check_ranges`, which every config runs first.
 
 A config is a frozen dataclass of one method's settings. Built with a setting it does not have, it names
-that setting and lists the allowed ones; built with a value of the wrong type (``epochs=True``,
-``lr=float("inf")``, ``unlearn={...}`` where an UnlearnConfig is asked for), :func:`check_types` names the
-field, the value and the type asked for. Range checks stay with each config, which knows its method.
+that setting and lists the allowed ones. Its ``__post_init__`` calls :func:`check_ranges` with one small
+rule per ranged setting (:func:`at_least`, :func:`above`, :func:`in_range`, :func:`optional`, :func:`each`,
+:func:`one_of`); a value of the wrong type (``epochs=True``, ``lr=float("inf")``, ``unlearn={...}`` where an
+UnlearnConfig is asked for) or out of its range is refused in one ValueError naming every bad field, its value
+and what is allowed. Checks across fields, and registry lookups, stay with each config.
 
 Example:
-    >>> from tsbd_utils.settings import settings, check_types
+    >>> from tsbd_utils.settings import settings, check_ranges, at_least, in_range
     >>> @settings
     ... class StepConfig:
     ...     lr: float = 0.01
+    ...     epochs: int = 1
     ...     def __post_init__(self) -> None:
-    ...         check_types(self)
+    ...         check_ranges(self, lr=in_range(0, 1, low_open=True), epochs=at_least(1, int))
     >>> StepConfig(lrr=0.1)
     Traceback (most recent call last):
     ...
-    tsbd_utils.settings.UnknownSettingError: unknown StepConfig setting(s) 'lrr'; allowed: lr
+    tsbd_utils.settings.UnknownSettingError: unknown StepConfig setting(s) 'lrr'; allowed: lr, epochs
+    >>> StepConfig(lr=0.0, epochs=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: StepConfig.lr must be in (0, 1], got 0.0; StepConfig.epochs must be an int >= 1, got True
 """
 
 from __future__ import annotations
@@ -26,13 +33,13 @@ import math
 import sys
 import types
 import typing
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
-def require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # a bool is never a number
 
 
 def _finite_number(v: Any) -> bool:
@@ -40,7 +47,7 @@ def _finite_number(v: Any) -> bool:
 
 
 _KINDS: dict[type, tuple[Callable[[Any], bool], str]] = {  # type -> (test, what the message asks for)
-    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an int"),  # a bool is never a number
+    int: (_int, "an int"),
     float: (_finite_number, "a finite number"),  # inf would pass every range check below and break training
     bool: (lambda v: isinstance(v, bool), "True or False"),
     str: (lambda v: isinstance(v, str), "a string"),
@@ -77,19 +84,99 @@ def _expected(hint: Any) -> tuple[Callable[[Any], bool], str] | None:
     return test, words
 
 
-def check_types(config: Any) -> None:
-    """Every int, float (finite), bool or str field of a dataclass ``config`` holds that type, and a field
-    typed as another config holds that config (``TSBDConfig(unlearn={...})`` is refused, not kept as a
-    dict); ``| None`` allows None too. So ``u='3'``, ``epochs=True`` or ``lr=inf`` is named with the type
-    asked for, not met later as a bare TypeError in a comparison or a diverged run. Python numbers only where
-    an int is asked for (``int(n)`` a NumPy integer): settings go into cache keys. Called first in the
-    ``__post_init__`` of every config; other annotations are left to those checks."""
+@dataclass(frozen=True)
+class Rule:
+    """The values one setting allows: ``test`` and the words for them, as :func:`check_ranges` says them."""
+
+    test: Callable[[Any], bool]
+    allowed: str  # "in [0, 1)", "an int >= 1", "one of clean, oracle"
+    many: str = ""  # the same of a tuple's items (:func:`each`): "numbers in [0, 1)", "ints >= 1"
+    typed: str = ""  # said for a value that is no finite number at all: "a finite number in [0, 1)"
+
+    def __call__(self, value: Any) -> bool:
+        return self.test(value)
+
+    def describe(self, value: Any) -> str:
+        return self.typed if self.typed and not _finite_number(value) else self.allowed
+
+
+def _bound(kind: type, words: str, ok: Callable[[Any], bool]) -> Rule:
+    """An int (never a bool) or a finite number, and ``ok``; ``words`` says ``ok`` ("> 0")."""
+    if kind is int:
+        return Rule(lambda v: _int(v) and ok(v), f"an int {words}", f"ints {words}")
+    if kind is not float:
+        raise TypeError(f"a range rule takes int or float (any finite number), got {kind!r}")
+    return Rule(lambda v: _finite_number(v) and ok(v), words, f"numbers {words}", f"a finite number {words}")
+
+
+def at_least(low: float, kind: type = float) -> Rule:
+    """``>= low``; ``kind`` int asks for an int (never a bool), float for any finite number."""
+    return _bound(kind, f">= {low:g}", lambda v: v >= low)
+
+
+def above(low: float, kind: type = float) -> Rule:
+    """``> low``; ``kind`` as in :func:`at_least`."""
+    return _bound(kind, f"> {low:g}", lambda v: v > low)
+
+
+def in_range(low: float, high: float, *, low_open: bool = False, high_open: bool = False, kind: type = float) -> Rule:
+    """``low <= v <= high`` ("in [low, high]"); an open end leaves that bound out ("in (low, high)")."""
+    words = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    return _bound(kind, words, lambda v: (low < v if low_open else low <= v) and (v < high if high_open else v <= high))
+
+
+positive = above(0)
+non_negative = at_least(0)
+
+
+def optional(rule: Rule) -> Rule:
+    """None, or a value ``rule`` allows."""
+    typed = f"None or {rule.typed}" if rule.typed else ""
+    return Rule(lambda v: v is None or rule(v), f"None or {rule.allowed}", f"None or {rule.many}", typed)
+
+
+def each(rule: Rule, *, length: int | None = None, nonempty: bool = False) -> Rule:
+    """A tuple (not a list: configs are hashable) whose every item ``rule`` allows, of ``length`` items if given."""
+    size = f"{length} " if length is not None else ""
+    words = f"a {'non-empty ' if nonempty else ''}tuple of {size}{rule.many or rule.allowed}"
+    return Rule(lambda v: isinstance(v, tuple) and (length is None or len(v) == length) and (bool(v) or not nonempty)
+                and all(rule(x) for x in v), words)
+
+
+def one_of(choices: Iterable[str]) -> Rule:
+    """One of the strings ``choices``."""
+    allowed = tuple(choices)
+    return Rule(lambda v: isinstance(v, str) and v in allowed, f"one of {', '.join(allowed)}")
+
+
+def check_ranges(config: Any, /, **rules: Rule) -> None:
+    """Check every field of the dataclass ``config`` at once: its type (an int / float / bool / str / config
+    annotation, optionally ``| None``, as :func:`check_types` says), and the ``rules`` of the ranged ones.
+    Raises one ValueError naming every bad field, its value and what is allowed ("TrainConfig.lr must be >= 0,
+    got -1; TrainConfig.momentum must be in [0, 1), got 1.0"). Called first in the ``__post_init__`` of every
+    config. Ints are never bools, numbers are finite; Python numbers only where an int is asked for (``int(n)``
+    a NumPy integer): settings go into cache keys."""
+    names = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(rules) - names)
+    if unknown:
+        raise TypeError(f"range rules for settings that {type(config).__name__} does not have: {', '.join(unknown)}")
+    problems = []
     for f in dataclasses.fields(config):
-        expected = _expected(_annotation(type(config), f))
-        if expected is not None:
-            test, wanted = expected
-            value = getattr(config, f.name)
-            require(test(value), f"{type(config).__name__}.{f.name} must be {wanted}, got {value!r}")
+        value, rule, expected = getattr(config, f.name), rules.get(f.name), _expected(_annotation(type(config), f))
+        typed = expected is None or expected[0](value)
+        if rule is not None and not rule(value):
+            problems.append(f"{f.name} must be {rule.describe(value)}, got {value!r}")
+        elif not typed:
+            problems.append(f"{f.name} must be {expected[1]}, got {value!r}")
+    if problems:
+        raise ValueError("; ".join(f"{type(config).__name__}.{p}" for p in problems))
+
+
+def check_types(config: Any) -> None:
+    """:func:`check_ranges` without ranges: every int, float (finite), bool or str field of ``config`` holds that
+    type, and a field typed as another config holds that config (``TSBDConfig(unlearn={...})`` is refused, not
+    kept as a dict); ``| None`` allows None too. For a config whose settings have no ranges."""
+    check_ranges(config)
 
 
 class UnknownSettingError(ValueError, TypeError):

@@ -28,7 +28,7 @@ from torch import nn
 from . import metrics
 from .registry import Registry
 from .rng import generator
-from .settings import settings
+from .settings import check_ranges, in_range, settings
 from .training import BatchTransform
 
 Perturbation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -145,10 +145,7 @@ class PhotometricConfig:
     max_blend: float = 0.3
 
     def __post_init__(self) -> None:
-        for name in ("prob", "max_offset", "max_blend"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                raise ValueError(f"PhotometricConfig {name} must be a number in [0, 1], got {value!r}")
+        check_ranges(self, prob=in_range(0, 1), max_offset=in_range(0, 1), max_blend=in_range(0, 1))
 
 
 class PhotometricLift(BatchTransform):

@@ -22,7 +22,7 @@ from torch import nn
 from . import metrics
 from .config import Profile, TrainConfig
 from .data import DatasetSpec, ImageData
-from .settings import check_types, settings
+from .settings import above, check_ranges, in_range, positive, settings
 from .training import History, Step, train
 
 UNLEARN_MODES = ("clean", "poison")
@@ -39,11 +39,8 @@ class UnlearnConfig:
     max_epochs: int = 1000  # official cap; profiles lower it (Profile.unlearn_cap)
 
     def __post_init__(self) -> None:
-        check_types(self)
-        if not (self.lr > 0 and 0 <= self.momentum < 1 and self.batch_size > 0 and self.max_epochs > 0):
-            raise ValueError(
-                f"invalid unlearning config {self}: need lr > 0, momentum in [0, 1), batch_size > 0, max_epochs > 0"
-            )
+        check_ranges(self, lr=positive, momentum=in_range(0, 1, high_open=True), batch_size=above(0, int),
+                     max_epochs=above(0, int))
 
     @classmethod
     def for_profile(cls, profile: Profile, mode: str = "clean") -> UnlearnConfig:

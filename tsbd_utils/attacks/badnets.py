@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from .base import Attack, AttackConfig, AttackContext, corner_mask
-from ..settings import settings
+from ..settings import in_range, settings
 
 
 @settings
@@ -14,7 +14,7 @@ class BadNetsConfig(AttackConfig):
     size: int = 3  # side of the square on a 32-pixel image (BackdoorBench's trigger_image.png); scaled with the image
     value: float = 1.0  # pixel value of the square (white)
 
-    limits = {"value": (0.0, 1.0, True, True)}  # a pixel value
+    limits = {"value": in_range(0, 1)}  # a pixel value
 
 
 class BadNets(Attack):

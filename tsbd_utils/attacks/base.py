@@ -18,7 +18,6 @@ images are stored as uint8, like BackdoorBench's PNG files.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -31,7 +30,7 @@ from ..config import Profile, TrainConfig
 from ..data import ImageData
 from ..datasets import DatasetSpec
 from ..rng import generator
-from ..settings import check_types, settings
+from ..settings import Rule, above, at_least, check_ranges, in_range, settings
 from ..training import BatchTransform
 
 
@@ -42,23 +41,18 @@ class AttackConfig:
     target: int = 0  # the class every triggered image is sent to (all-to-one)
     ratio: float = 0.1  # poisoning ratio: poisoned share of the whole training set (pratio)
 
-    # Allowed interval of each numeric setting: (low, high, low included, high included). A numeric setting not
-    # listed (here or in a subclass's ``limits``) must be > 0. Ints must be ints (not bools), floats finite.
-    limits: ClassVar[dict[str, tuple[float, float, bool, bool]]] = {"ratio": (0.0, 1.0, False, False)}
+    # The range of each numeric setting (settings.check_ranges' rules). A numeric setting not listed (here or in a
+    # subclass's ``limits``) must be > 0; an int setting an int, never a bool.
+    limits: ClassVar[dict[str, Rule]] = {
+        "target": at_least(0, int),  # a class index
+        "ratio": in_range(0, 1, low_open=True, high_open=True),
+    }
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.target, int) and not isinstance(self.target, bool) and self.target >= 0):
-            raise ValueError(f"target must be a class index >= 0, got {self.target!r}")
-        check_types(self)  # ints not bools, finite numbers, strings: each named with the type asked for
         limits = {k: v for cls in reversed(type(self).__mro__) for k, v in vars(cls).get("limits", {}).items()}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name == "target" or f.type not in ("int", "float"):
-                continue
-            low, high, low_in, high_in = limits.get(f.name, (0.0, math.inf, False, False))
-            if not ((low <= value if low_in else low < value) and (value <= high if high_in else value < high)):
-                allowed = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
-                raise ValueError(f"{type(self).__name__}.{f.name} must be in {allowed}, got {value!r}")
+        numeric = {f.name: above(0, int if f.type == "int" else float)
+                   for f in dataclasses.fields(self) if f.type in ("int", "float")}
+        check_ranges(self, **{**numeric, **limits})
 
 
 @dataclass

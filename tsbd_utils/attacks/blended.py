@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..settings import settings
+from ..settings import in_range, settings
 from .base import Attack, AttackConfig, AttackContext
 
 
@@ -19,7 +19,7 @@ class BlendedConfig(AttackConfig):
     alpha: float = 0.2  # blend weight of the trigger image, train and test (BackdoorBench: 0.2)
     image: str = "grace_hopper.jpg"  # a photograph shipped in matplotlib's sample data (no download)
 
-    limits = {"alpha": (0.0, 1.0, False, False)}
+    limits = {"alpha": in_range(0, 1, low_open=True, high_open=True)}
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ..config import Profile, TrainConfig
 from ..rng import generator
-from ..settings import settings
+from ..settings import in_range, non_negative, settings
 from ..training import BatchTransform
 from .base import Attack, AttackConfig, AttackContext, split_batch
 from .nets import UNet, load_module, module_state
@@ -29,10 +29,10 @@ class InputAwareConfig(AttackConfig):
     mask_width: int = 8  # channels of the mask generator's U-Net (it only has to pick a few pixels)
 
     limits = {
-        "cross_ratio": (0.0, float("inf"), True, False),
-        "mask_density": (0.0, 1.0, False, True),
-        "lambda_div": (0.0, float("inf"), True, False),
-        "lambda_norm": (0.0, float("inf"), True, False),
+        "cross_ratio": non_negative,
+        "mask_density": in_range(0, 1, low_open=True),
+        "lambda_div": non_negative,
+        "lambda_norm": non_negative,
     }
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ..rng import generator
 from .base import Attack, AttackConfig, AttackContext
-from ..settings import settings
+from ..settings import in_range, settings
 
 
 @settings
@@ -24,18 +24,7 @@ class LFConfig(AttackConfig):
     step_size: float = 0.2
     batch_size: int = 128
 
-    def __post_init__(self) -> None:
-        for name in ("eps", "sigma_at_32", "step_size"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
-                raise ValueError(f"LF {name} must be a number > 0, got {value!r}")
-        if self.eps > 1:
-            raise ValueError(f"LF eps must be in (0, 1] (pixel units), got {self.eps!r}")
-        for name in ("images", "steps", "batch_size"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-                raise ValueError(f"LF {name} must be an int > 0, got {value!r}")
-        super().__post_init__()  # after LF's own checks, whose messages say what each setting means
+    limits = {"eps": in_range(0, 1, low_open=True)}  # pixel units; every other setting > 0, as AttackConfig asks
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

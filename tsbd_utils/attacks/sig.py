@@ -7,7 +7,7 @@ import math
 import torch
 
 from .base import Attack, AttackConfig, AttackContext
-from ..settings import settings
+from ..settings import in_range, settings
 
 
 @settings
@@ -15,7 +15,7 @@ class SIGConfig(AttackConfig):
     delta: float = 40 / 255  # amplitude of the signal in [0, 1] pixels (BackdoorBench: 40 on 0-255)
     frequency: int = 6  # periods across the image width (BackdoorBench: f = 6)
 
-    limits = {"delta": (0.0, 1.0, False, True)}  # pixel units
+    limits = {"delta": in_range(0, 1, low_open=True)}  # pixel units
 
 
 class SIG(Attack):

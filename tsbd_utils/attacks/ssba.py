@@ -11,7 +11,7 @@ from torch import nn
 from ..rng import generator
 from .base import Attack, AttackConfig, AttackContext
 from .nets import BitDecoder, UNet, load_module, module_state
-from ..settings import settings
+from ..settings import in_range, non_negative, settings
 
 
 @settings
@@ -27,10 +27,10 @@ class SSBAConfig(AttackConfig):
     width: int = 8  # channels of the encoder U-Net
 
     limits = {
-        "max_residual": (0.0, 1.0, False, True),
-        "start_residual": (0.0, 1.0, False, True),
-        "warmup": (0.0, 1.0, True, False),
-        "image_weight": (0.0, float("inf"), True, False),
+        "max_residual": in_range(0, 1, low_open=True),
+        "start_residual": in_range(0, 1, low_open=True),
+        "warmup": in_range(0, 1, high_open=True),
+        "image_weight": non_negative,
     }
 
 

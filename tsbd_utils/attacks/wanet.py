@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ..rng import generator
-from ..settings import settings
+from ..settings import non_negative, settings
 from ..training import BatchTransform
 from .base import Attack, AttackConfig, AttackContext, split_batch
 
@@ -19,7 +19,7 @@ class WaNetConfig(AttackConfig):
     grid_rescale: float = 1.0  # scale of the warped grid before clamping (BackdoorBench: 1)
     cross_ratio: float = 2.0  # "noise" samples per poisoned sample in a batch (BackdoorBench: 2)
 
-    limits = {"cross_ratio": (0.0, float("inf"), True, False)}
+    limits = {"cross_ratio": non_negative}
 
 
 class WaNet(Attack):

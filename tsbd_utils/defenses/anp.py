@@ -53,13 +53,13 @@ from ..augment import augment
 from ..config import Profile
 from ..data import DatasetSpec, ImageData
 from ..rng import generator
-from ..settings import check_types, replace_checked, settings
+from ..settings import at_least, check_ranges, in_range, non_negative, positive, replace_checked, settings
 from ..training import channels_last_safe
 from .base import Budget, DefenseResult, DefenseSpec, register
 from .base import OracleData
 from .common import check_choice, scaled_epochs, working_copy
 from .masks import attach_masks, clip_masks, freeze_all_but_masks, mask_values
-from .pruning import check_config, prune_sweep, pruning_record
+from .pruning import PRUNING_RANGES, prune_sweep, pruning_record
 
 LOG_CHUNKS = 4  # BackdoorBench logs every 500 of its 2000 iterations: four averages per run
 
@@ -82,18 +82,11 @@ class ANPConfig:
     oracle_rule: str = "lowest_asr"  # the oracle's rule: BackdoorBench keeps the lowest test ASR
 
     def __post_init__(self) -> None:
-        check_types(self)
-        checks = {
-            "eps": self.eps >= 0,
-            "steps": isinstance(self.steps, int) and self.steps >= 1,
-            "alpha": 0 <= self.alpha <= 1,
-            "lr": self.lr > 0,
-            "momentum": 0 <= self.momentum < 1,
-            "iterations": isinstance(self.iterations, int) and self.iterations >= 1,
-            "batch_size": isinstance(self.batch_size, int) and self.batch_size >= 2,
-        }
-        allowed = "eps >= 0; steps >= 1; alpha in [0, 1]; lr > 0; momentum in [0, 1); iterations >= 1; batch_size >= 2"
-        check_config(self, checks, allowed, "ANP")
+        check_ranges(
+            self, eps=non_negative, steps=at_least(1, int), alpha=in_range(0, 1), lr=positive,
+            momentum=in_range(0, 1, high_open=True), iterations=at_least(1, int), batch_size=at_least(2, int),
+            **PRUNING_RANGES,
+        )
 
     @classmethod
     def for_profile(cls, profile: Profile, **overrides: Any) -> ANPConfig:

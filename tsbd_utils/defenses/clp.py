@@ -35,7 +35,7 @@ from ..config import Profile
 from ..data import DatasetSpec
 from .base import Budget, DefenseResult, DefenseSpec, register
 from .common import working_copy
-from ..settings import check_types, replace_checked, settings
+from ..settings import check_ranges, non_negative, replace_checked, settings
 
 
 @settings
@@ -45,9 +45,7 @@ class CLPConfig:
     u: float = 3.0  # prune channels whose UCLC exceeds the layer's mean + u * std
 
     def __post_init__(self) -> None:
-        check_types(self)
-        if self.u < 0:
-            raise ValueError(f"u must be >= 0, got {self.u!r}")
+        check_ranges(self, u=non_negative)
 
     @classmethod
     def for_profile(cls, profile: Profile, **overrides: Any) -> CLPConfig:

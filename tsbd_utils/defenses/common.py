@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from .. import metrics
-from ..config import Profile, TrainConfig
+from ..config import TRAIN_RANGES, Profile, TrainConfig
 from ..data import DatasetSpec, ImageData
-from ..settings import check_types, settings
+from ..settings import at_least, check_ranges, settings
 from ..training import History, Step, epoch_steps, train
 from .base import Budget, OracleData
 
@@ -51,10 +51,8 @@ class FineTuning:
     schedule: str = "cosine"
 
     def __post_init__(self) -> None:
-        check_types(self)
-        if not (isinstance(self.epochs, int) and self.epochs >= 1):
-            raise ValueError(f"fine-tuning epochs must be an int >= 1, got {self.epochs!r}")
-        try:  # the training loop's own checks of lr, momentum, weight decay, batch size and schedule
+        check_ranges(self, **{**TRAIN_RANGES, "epochs": at_least(1, int)})  # TrainConfig's ranges, >= 1 epoch
+        try:  # the training loop's own checks (its schedule), should it ever check more
             self.train_config()
         except ValueError as err:
             raise ValueError(f"fine-tuning {err}") from None

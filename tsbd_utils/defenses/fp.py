@@ -46,7 +46,7 @@ from ..observations import neuron_weight_change, nwc_layers
 from .base import Budget, DefenseResult, DefenseSpec, register
 from .base import OracleData
 from .common import PRUNING_CHOICES, FineTuning, check_choice, fine_tune, select_amount, working_copy
-from ..settings import check_types, replace_checked, settings
+from ..settings import check_ranges, in_range, one_of, replace_checked, settings
 
 
 @settings
@@ -59,13 +59,8 @@ class FPConfig:
     finetune: FineTuning = field(default_factory=FineTuning)
 
     def __post_init__(self) -> None:
-        check_types(self)
-        if not 0 < self.prune_step <= 1:
-            raise ValueError(f"prune_step must be in (0, 1], got {self.prune_step!r}")
-        if not 0 <= self.acc_ratio < 1:
-            raise ValueError(f"acc_ratio must be in [0, 1), got {self.acc_ratio!r}")
-        if self.choice not in PRUNING_CHOICES:
-            raise ValueError(f"unknown choice {self.choice!r}; allowed: {', '.join(PRUNING_CHOICES)}")
+        check_ranges(self, prune_step=in_range(0, 1, low_open=True), acc_ratio=in_range(0, 1, high_open=True),
+                     choice=one_of(PRUNING_CHOICES))
 
     @classmethod
     def for_profile(cls, profile: Profile, **overrides: Any) -> FPConfig:

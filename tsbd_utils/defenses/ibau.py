@@ -60,7 +60,7 @@ from ..rng import generator
 from .base import Budget, DefenseResult, DefenseSpec, register
 from .common import clean_accuracy, scaled_epochs, working_copy
 from .hypergradient import implicit_hypergradient
-from ..settings import check_types, replace_checked, settings
+from ..settings import at_least, check_ranges, each, in_range, non_negative, positive, replace_checked, settings
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -83,28 +83,12 @@ class IBAUConfig:
     tol: float = 1e-10  # stop the fixed-point iteration once successive iterates differ by less
 
     def __post_init__(self) -> None:
-        check_types(self)
-        checks = {
-            "n_rounds": isinstance(self.n_rounds, int) and self.n_rounds >= 1,
-            "fixed_point_steps": isinstance(self.fixed_point_steps, int) and self.fixed_point_steps >= 1,
-            "inner_lr": self.inner_lr > 0,
-            "perturb_lr": self.perturb_lr > 0,
-            "reg": self.reg >= 0,
-            "portion": 0 <= self.portion <= 1,
-            "outer_lr": self.outer_lr > 0,
-            "adam_betas": len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas),
-            "weight_decay": self.weight_decay >= 0,
-            "batch_size": isinstance(self.batch_size, int) and self.batch_size > 0,
-            "augment": isinstance(self.augment, bool),
-            "tol": self.tol >= 0,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(
-                f"invalid i-BAU setting(s) {', '.join(f'{b}={getattr(self, b)!r}' for b in bad)}; allowed: "
-                "n_rounds, fixed_point_steps, batch_size ints >= 1; inner_lr, perturb_lr, outer_lr > 0; "
-                "reg, weight_decay, tol >= 0; portion in [0, 1]; adam_betas two values in [0, 1); augment a bool"
-            )
+        count = at_least(1, int)
+        check_ranges(
+            self, n_rounds=count, fixed_point_steps=count, inner_lr=positive, perturb_lr=positive, reg=non_negative,
+            portion=in_range(0, 1), outer_lr=positive, adam_betas=each(in_range(0, 1, high_open=True), length=2),
+            weight_decay=non_negative, batch_size=count, tol=non_negative,
+        )  # augment: a bool, as its type asks
 
     @classmethod
     def for_profile(cls, profile: Profile, **overrides: Any) -> IBAUConfig:

@@ -38,13 +38,15 @@ from torch import nn
 
 from ..config import Profile
 from ..data import DatasetSpec, ImageData
-from ..settings import check_types, replace_checked, settings
+from ..settings import Rule, at_least, check_ranges, each, non_negative, positive, replace_checked, settings
 from ..training import Step
 from .base import Budget, DefenseResult, DefenseSpec, register
 from .common import FineTuning, fine_tune, scaled_epochs, working_copy
 
 # BackdoorBench's betas for PreActResNet18: layer3 output, layer4 output (the pooled point is dropped, see above).
 DEFAULT_POINTS: tuple[tuple[str, float], ...] = (("layer3", 500.0), ("layer4", 1000.0))
+POINT = Rule(lambda p: isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) and non_negative(p[1]),
+             "a (name, beta >= 0) pair", "(name, beta >= 0) pairs")
 
 
 @settings
@@ -57,13 +59,7 @@ class NADConfig:
     finetune: FineTuning = field(default_factory=FineTuning)  # the student's training
 
     def __post_init__(self) -> None:
-        check_types(self)
-        if not (isinstance(self.teacher_epochs, int) and self.teacher_epochs >= 1):
-            raise ValueError(f"teacher_epochs must be an int >= 1, got {self.teacher_epochs!r}")
-        if self.power <= 0:
-            raise ValueError(f"power must be > 0, got {self.power!r}")
-        if not self.points or any(beta < 0 for _, beta in self.points):
-            raise ValueError(f"points must be non-empty (name, beta >= 0) pairs, got {self.points!r}")
+        check_ranges(self, teacher_epochs=at_least(1, int), points=each(POINT, nonempty=True), power=positive)
 
     @classmethod
     def for_profile(cls, profile: Profile, **overrides: Any) -> NADConfig:

@@ -25,7 +25,18 @@ from ..config import Profile
 from ..data import DatasetSpec, ImageData
 from ..rng import generator
 from ..training import channels_last_safe
-from ..settings import check_types, replace_checked, settings
+from ..settings import (
+    above,
+    at_least,
+    check_ranges,
+    each,
+    in_range,
+    non_negative,
+    optional,
+    positive,
+    replace_checked,
+    settings,
+)
 from .common import FineTuning, capped_epochs, working_copy
 
 # Reverse engineering on a scaled profile (defense_scale < 1): per label, epochs of 40 images in
@@ -62,35 +73,15 @@ class NCConfig:
     finetune: FineTuning = field(default_factory=FineTuning)  # the unlearning fine-tuning recipe
 
     def __post_init__(self) -> None:
-        check_types(self)
-        def positive_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool) and v >= 1
-
-        checks = {
-            "nc_epoch": positive_int(self.nc_epoch),
-            "batch_size": positive_int(self.batch_size),
-            "epoch_images": self.epoch_images is None or positive_int(self.epoch_images),
-            "mask_lr": self.mask_lr > 0,
-            "betas": len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
-            "init_cost": self.init_cost > 0,  # (BackdoorBench's reset of a zero cost is then never needed)
-            "cost_multiplier": self.cost_multiplier > 1,
-            "patience": positive_int(self.patience),
-            "atk_succ_threshold": 0 < self.atk_succ_threshold <= 1,
-            "early_stop_threshold": 0 < self.early_stop_threshold <= 1,
-            "early_stop_patience": positive_int(self.early_stop_patience),
-            "epsilon": self.epsilon > 0,
-            "class_batch": positive_int(self.class_batch),
-            "anomaly_threshold": self.anomaly_threshold >= 0,
-            "unlearning_ratio": 0 < self.unlearning_ratio <= 1,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(
-                f"invalid NC setting(s) {', '.join(f'{b}={getattr(self, b)!r}' for b in bad)}; allowed: "
-                "nc_epoch, batch_size, patience, early_stop_patience, class_batch ints >= 1; epoch_images None "
-                "or int >= 1; mask_lr, epsilon > 0; two betas in [0, 1); init_cost > 0; anomaly_threshold >= 0; "
-                "cost_multiplier > 1; atk_succ_threshold, early_stop_threshold, unlearning_ratio in (0, 1]"
-            )
+        count, share = at_least(1, int), in_range(0, 1, low_open=True)
+        check_ranges(
+            self, nc_epoch=count, batch_size=count, epoch_images=optional(count), mask_lr=positive,
+            betas=each(in_range(0, 1, high_open=True), length=2),
+            init_cost=positive,  # (BackdoorBench's reset of a zero cost is then never needed)
+            cost_multiplier=above(1), patience=count, atk_succ_threshold=share, early_stop_threshold=share,
+            early_stop_patience=count, epsilon=positive, class_batch=count, anomaly_threshold=non_negative,
+            unlearning_ratio=share,
+        )
 
     @classmethod
     def for_profile(cls, profile: Profile, **overrides: Any) -> NCConfig:

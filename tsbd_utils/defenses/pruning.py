@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..data import ImageData
+from ..settings import in_range, one_of
 from .base import OracleData
 from .common import ORACLE_RULES, PRUNING_CHOICES, choose_amount, working_copy
 from .masks import masks_record, prune_neurons
@@ -29,31 +30,14 @@ def thresholds(pruning_max: float, pruning_step: float) -> list[float]:
     return [round(i * pruning_step, 10) for i in range(count + 1)]
 
 
-def pruning_problems(config: Any) -> dict[str, bool]:
-    """Validity of the pruning fields that ANP's and RNP's configs share (name -> ok)."""
-    return {
-        "pruning_max": 0 <= config.pruning_max <= 1,
-        "pruning_step": 0 < config.pruning_step <= 1,
-        "acc_ratio": 0 <= config.acc_ratio < 1,
-        "choice": config.choice in PRUNING_CHOICES,
-        "oracle_rule": config.oracle_rule in ORACLE_RULES,
-    }
-
-
-PRUNING_ALLOWED = (
-    f"pruning_max in [0, 1]; pruning_step in (0, 1]; acc_ratio in [0, 1); choice in {PRUNING_CHOICES}; "
-    f"oracle_rule in {ORACLE_RULES}"
-)
-
-
-def check_config(config: Any, checks: dict[str, bool], allowed: str, defense: str) -> None:
-    """Fail on every bad field of ``config``, naming the values and the allowed ones."""
-    bad = [name for name, ok in {**checks, **pruning_problems(config)}.items() if not ok]
-    if bad:
-        raise ValueError(
-            f"invalid {defense} setting(s) {', '.join(f'{b}={getattr(config, b)!r}' for b in bad)}; "
-            f"allowed: {allowed}; {PRUNING_ALLOWED}"
-        )
+# The ranges of the pruning fields that ANP's and RNP's configs share (for settings.check_ranges).
+PRUNING_RANGES = {
+    "pruning_max": in_range(0, 1),
+    "pruning_step": in_range(0, 1, low_open=True),
+    "acc_ratio": in_range(0, 1, high_open=True),
+    "choice": one_of(PRUNING_CHOICES),
+    "oracle_rule": one_of(ORACLE_RULES),
+}
 
 
 def prune_sweep(

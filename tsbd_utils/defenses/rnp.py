@@ -52,14 +52,14 @@ from torch import nn
 
 from ..config import Profile, TrainConfig
 from ..data import DatasetSpec, ImageData
-from ..settings import check_types, replace_checked, settings
+from ..settings import at_least, check_ranges, each, in_range, non_negative, positive, replace_checked, settings
 from ..training import Step, epoch_steps, train
 from ..unlearning import AscentStep
 from .base import Budget, DefenseResult, DefenseSpec, register
 from .base import OracleData
 from .common import capped_epochs, check_choice, working_copy
 from .masks import attach_masks, clip_masks, freeze_all_but_masks, mask_values
-from .pruning import check_config, prune_sweep, pruning_record
+from .pruning import PRUNING_RANGES, prune_sweep, pruning_record
 
 
 @settings
@@ -86,27 +86,13 @@ class RNPConfig:
     oracle_rule: str = "lowest_asr"  # the oracle's rule: BackdoorBench keeps the lowest test ASR
 
     def __post_init__(self) -> None:
-        check_types(self)
-        checks = {
-            "clean_fraction": 0 < self.clean_fraction <= 1,
-            "unlearning_lr": self.unlearning_lr > 0,
-            "unlearning_momentum": 0 <= self.unlearning_momentum < 1,
-            "unlearning_weight_decay": self.unlearning_weight_decay >= 0,
-            "unlearning_epochs": isinstance(self.unlearning_epochs, int) and self.unlearning_epochs >= 1,
-            "milestones": all(isinstance(m, int) and m >= 1 for m in self.milestones),
-            "gamma": 0 < self.gamma <= 1,
-            "clean_threshold": 0 <= self.clean_threshold <= 1,
-            "recovering_lr": self.recovering_lr > 0,
-            "recovering_momentum": 0 <= self.recovering_momentum < 1,
-            "recovering_epochs": isinstance(self.recovering_epochs, int) and self.recovering_epochs >= 1,
-            "alpha": self.alpha > 0,
-            "batch_size": isinstance(self.batch_size, int) and self.batch_size >= 2,
-        }
-        allowed = (
-            "clean_fraction in (0, 1]; learning rates > 0; momenta in [0, 1); weight decay >= 0; epochs >= 1; "
-            "milestones ints >= 1; gamma in (0, 1]; clean_threshold in [0, 1]; alpha > 0; batch_size >= 2"
+        share, momentum, epochs = in_range(0, 1, low_open=True), in_range(0, 1, high_open=True), at_least(1, int)
+        check_ranges(
+            self, clean_fraction=share, unlearning_lr=positive, unlearning_momentum=momentum,
+            unlearning_weight_decay=non_negative, unlearning_epochs=epochs, milestones=each(epochs), gamma=share,
+            clean_threshold=in_range(0, 1), recovering_lr=positive, recovering_momentum=momentum,
+            recovering_epochs=epochs, alpha=positive, batch_size=at_least(2, int), **PRUNING_RANGES,
         )
-        check_config(self, checks, allowed, "RNP")
 
     @classmethod
     def for_profile(cls, profile: Profile, **overrides: Any) -> RNPConfig:

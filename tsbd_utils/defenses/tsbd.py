@@ -34,7 +34,7 @@ from torch import nn
 
 from ..config import Profile, TrainConfig
 from ..data import DatasetSpec, ImageData
-from ..settings import check_types, replace_checked, settings
+from ..settings import above, at_least, check_ranges, in_range, non_negative, replace_checked, settings
 from ..unlearning import UnlearnConfig, Unlearned, clean_unlearn
 from ..training import BatchTransform, History, epoch_steps, train
 from .activeness import ActivenessAwareStep
@@ -60,24 +60,11 @@ class TSBDConfig:
     batch_size: int = 256  # both stages
 
     def __post_init__(self) -> None:
-        check_types(self)
-        checks = {
-            "neuron_ratio": 0 <= self.neuron_ratio <= 1,
-            "weight_ratio": 0 <= self.weight_ratio <= 1,
-            "radius": self.radius >= 0,
-            "alpha": 0 <= self.alpha <= 1,
-            "lr": self.lr >= 0,
-            "momentum": 0 <= self.momentum < 1,
-            "epochs": isinstance(self.epochs, int) and self.epochs >= 0,
-            "batch_size": isinstance(self.batch_size, int) and self.batch_size > 0,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(
-                f"invalid TSBD setting(s) {', '.join(f'{b}={getattr(self, b)!r}' for b in bad)}; allowed: "
-                "neuron_ratio, weight_ratio, alpha in [0, 1]; radius, lr >= 0; momentum in [0, 1); "
-                "epochs >= 0; batch_size > 0"
-            )
+        unit = in_range(0, 1)
+        check_ranges(
+            self, neuron_ratio=unit, weight_ratio=unit, radius=non_negative, alpha=unit, lr=non_negative,
+            momentum=in_range(0, 1, high_open=True), epochs=at_least(0, int), batch_size=above(0, int),
+        )
 
     @classmethod
     def for_profile(cls, profile: Profile, **overrides: Any) -> TSBDConfig:

@@ -28,7 +28,7 @@ from ..defenses.common import clean_accuracy
 from ..defenses.fp import nwc_order
 from ..defenses.reinit import OFFICIAL_SWEEP
 from ..session import Session
-from ..settings import check_types, replace_checked, require, settings
+from ..settings import above, at_least, check_ranges, each, in_range, replace_checked, settings
 from ..shortcut import PhotometricConfig
 from .defended import CURVE_IMAGES, defended_cached, defense_context, tsbd_model
 from .evaluation import table_row, backdoor_evaluation, evaluate_cached, oracle_data
@@ -54,29 +54,15 @@ class AblationPlan:
     sweep_images: int  # test images per subset behind stage 1's sweep of n (all 8 attacks x 11 values)
 
     def __post_init__(self) -> None:
-        check_types(self)
+        unit = each(in_range(0, 1), nonempty=True)
+        share = each(in_range(0, 1, low_open=True, high_open=True), nonempty=True)
+        check_ranges(
+            self, n_values=unit, m_values=unit, r_values=each(at_least(0), nonempty=True), alpha_values=unit,
+            clean_ratios=share, poison_ratios=share, seeds=each(at_least(0, int)), sweep_images=above(0, int),
+        )
         for name in ("attacks", "poison_attacks", "seed_attacks"):
             for attack in getattr(self, name):
                 ATTACKS.check(attack)
-        unit = {"n_values": (0, 1), "m_values": (0, 1), "alpha_values": (0, 1), "clean_ratios": (0, 1),
-                "poison_ratios": (0, 1), "r_values": (0, float("inf"))}
-        for name, (low, high) in unit.items():
-            values = getattr(self, name)
-            numbers = isinstance(values, tuple) and values and all(isinstance(v, float | int) for v in values)
-            require(
-                numbers and all(low <= v <= high for v in values),
-                f"AblationPlan.{name} must be a non-empty tuple of numbers in [{low}, {high}], got {values!r}",
-            )
-        require(
-            all(0 < v < 1 for v in self.clean_ratios + self.poison_ratios),
-            f"clean and poisoning ratios must be in (0, 1), got {self.clean_ratios!r} and {self.poison_ratios!r}",
-        )
-        require(
-            isinstance(self.seeds, tuple) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
-                                                  for s in self.seeds),
-            f"AblationPlan.seeds must be a tuple of ints >= 0, got {self.seeds!r}",
-        )
-        require(self.sweep_images > 0, f"sweep_images must be > 0, got {self.sweep_images!r}")
 
     @classmethod
     def for_profile(cls, profile: Profile, **overrides: Any) -> AblationPlan:
