@@ -1,6 +1,6 @@
 """Response time of the notebooks' explorers: what one move of a control costs, on cached models.
 
-    python benchmarks/explorers.py                       # quick profile, the project's cache (run notebooks 00-05 first)
+    python benchmarks/explorers.py               # quick profile, the project's cache (run notebooks 00-05 first)
     python benchmarks/explorers.py --profile smoke --cache-dir /tmp/c
 
 For each explorer, 20 changes to values not seen before (seeded), each timed from the new value to the finished

@@ -31,8 +31,8 @@ from tsbd_utils.defenses.activeness import (
     CopyingActivenessAwareStep,
     OfficialActivenessAwareStep,
 )
-from tsbd_utils.models import PreActResNet18
 from tsbd_utils.device import configure_threads, resolve_device
+from tsbd_utils.models import PreActResNet18
 from tsbd_utils.training import Step
 
 

@@ -17,7 +17,6 @@ from tsbd_utils.zoo.keys import defender_fields
 
 from .test_tsbd import TwoConvs, _pair  # all weights 1; NWC a0 10, a1 1, b0 5, b1 0.5; the shortcut moves most
 
-
 # n = 0.5 of the 4 neurons: a0 and b0. Their 8 changes pooled; m = 0.5 keeps the top 4 (4, 3, 2.5, 2): the
 # picked weights are a0's first three and b0's first.
 PICKED_A = torch.tensor([[1, 1, 1, 0], [0, 0, 0, 0]], dtype=torch.bool).view(2, 1, 2, 2)

@@ -61,7 +61,8 @@ def test_export_gives_the_runs_folders_their_project_names_and_keeps_both_run_ti
     nb = nbformat.read(copy, as_version=4)
     text = nb.cells[2].outputs[0].text
     assert "cache .cache\n" in text and "figures figures/00_x.png" in text and "home ~/x" in text
-    assert nb.cells[2].outputs[1].data["image/png"] == PNG and nb.cells[2].outputs[1].data["text/plain"] == "<runs/quick>"
+    shown = nb.cells[2].outputs[1].data
+    assert shown["image/png"] == PNG and shown["text/plain"] == "<runs/quick>"
     assert [c.metadata.get("tags", []) for c in nb.cells] == [[], ["parameters"], [], []]  # no injected cell
     assert "execution" not in nb.cells[2].metadata and not {"papermill", "widgets"} & set(nb.metadata)
     assert len(nb.cells[2].outputs) == 2  # the progress bar is gone
@@ -152,7 +153,8 @@ def browser():
 
     options = Options()
     options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1800"):
+    flags = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1800")
+    for flag in flags:
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
     driver.set_script_timeout(60)
@@ -218,9 +220,11 @@ def test_the_book_lists_every_notebook_in_order_and_every_page_shows_its_figures
         found = browser.execute_async_script(PAGE_PROBLEMS)
         assert not found["problems"], (path.name, found["problems"])
         executed = nbformat.read(ROOT / book.EXECUTED / path.name, as_version=4)
-        shown = sum("image/png" in o.get("data", {}) for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+        shown = sum("image/png" in o.get("data", {})
+                    for c in executed.cells if c.cell_type == "code" for o in c.outputs)
         assert found["figures"] == shown > 0, (path.name, found, shown)  # every figure of the run, on its page
         if path.name[:2] in ("05", "08"):
             browser.save_screenshot(str(_artifacts() / f"{path.stem}.png"))
     browser.get(f"{site}/references.html")
-    assert "unveiling and mitigating backdoor vulnerabilities" in browser.page_source.lower()  # the style lowercases titles
+    # the style lowercases titles
+    assert "unveiling and mitigating backdoor vulnerabilities" in browser.page_source.lower()

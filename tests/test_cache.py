@@ -8,8 +8,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from tsbd_utils import cache as cache_mod
-from tsbd_utils import models, paths
+from tsbd_utils import cache as cache_mod, models, paths
 from tsbd_utils.cache import Cache
 
 

@@ -109,7 +109,8 @@ def test_config_knows_the_registered_names_without_importing_them():
     import subprocess
     import sys
 
-    code = "import sys, tsbd_utils.config; print(sorted(m for m in sys.modules if m.startswith(('tsbd_utils.', 'torch'))))"
+    code = ("import sys, tsbd_utils.config; "
+            "print(sorted(m for m in sys.modules if m.startswith(('tsbd_utils.', 'torch'))))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "tsbd_utils.data" not in loaded and "tsbd_utils.models" not in loaded and "'torch'" not in loaded, loaded
 

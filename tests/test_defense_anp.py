@@ -9,35 +9,18 @@ import pytest
 import torch
 from torch import nn
 
-from tsbd_utils import data, models
+from tsbd_utils import models
 from tsbd_utils.config import PROFILES
-from tsbd_utils.defenses import DEFENSES, anp, masks, pruning
+from tsbd_utils.defenses import DEFENSES, OracleData, anp, masks, pruning
 from tsbd_utils.defenses.anp import ANPConfig
-from tsbd_utils.defenses import OracleData
 
-
-def _spec():
-    return dataclasses.replace(data.DATASETS["fashion_mnist"], mean=(0.3,), std=(0.3,), crop_pad=1)
-
-
-def _model(seed=0):
-    return models.build_model(
-        "preactresnet18", num_classes=2, in_channels=1, width=4, mean=(0.3,), std=(0.3,), seed=seed
-    )
-
-
-def _clean(n=40, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % 2
-    x = (torch.rand(n, 1, 16, 16, generator=g) * 90 + y[:, None, None, None] * 140).to(torch.uint8)
-    return data.ImageData(x, y.to(torch.int64))
-
+from .helpers import separable_images, tiny_model, tiny_spec
 
 FAST = ANPConfig(iterations=4, batch_size=16, lr=0.2, pruning_step=0.1)  # 10 thresholds: 0, 0.1, ..., 0.9
 
 
 def _run(model, clean, config=FAST, **kwargs):
-    return DEFENSES["anp"](model, clean, config, spec=_spec(), seed=0, **kwargs)
+    return DEFENSES["anp"](model, clean, config, spec=tiny_spec(), seed=0, **kwargs)
 
 
 def _bn(seed=0, n=5):
@@ -75,7 +58,9 @@ def test_masked_bn_scales_the_weight_by_mask_plus_noise_and_the_bias_by_one_plus
         masked.neuron_noise_bias.copy_(torch.tensor([0.4, 0.0, -0.1, 0.2, 0.3]))
     x = torch.randn(3, 5, 2, 2)
     xhat = (x - plain.running_mean.view(1, -1, 1, 1)) / (plain.running_var.view(1, -1, 1, 1) + plain.eps).sqrt()
-    view = lambda t: t.view(1, -1, 1, 1)
+    def view(t):
+        return t.view(1, -1, 1, 1)
+
     w, b = plain.weight.detach(), plain.bias.detach()
     masked.perturbed = False
     expected = xhat * view(w * masked.neuron_mask.detach()) + view(b)
@@ -87,7 +72,7 @@ def test_masked_bn_scales_the_weight_by_mask_plus_noise_and_the_bias_by_one_plus
 
 
 def test_attach_masks_keeps_the_class_and_module_names_and_scales_each_neuron_by_its_mask():
-    model = _model().eval()
+    model = tiny_model().eval()
     names = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
     x = torch.rand(4, 1, 16, 16)
     plain_out = model(x)
@@ -99,7 +84,7 @@ def test_attach_masks_keeps_the_class_and_module_names_and_scales_each_neuron_by
     with torch.no_grad():
         for m in layers.values():
             m.neuron_mask.copy_(torch.rand(m.num_features, generator=g))
-    folded = _model().eval()  # the same weights with each mask multiplied into its BN weight
+    folded = tiny_model().eval()  # the same weights with each mask multiplied into its BN weight
     folded.load_state_dict({k: v for k, v in model.state_dict().items() if "neuron_" not in k})
     with torch.no_grad():
         for n, m in layers.items():
@@ -108,7 +93,7 @@ def test_attach_masks_keeps_the_class_and_module_names_and_scales_each_neuron_by
 
 
 def test_prune_neurons_zeroes_exactly_the_neurons_whose_mask_is_below_the_threshold():
-    model = _model()
+    model = tiny_model()
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -138,7 +123,7 @@ def test_thresholds_are_backdoorbenchs_sweep():
 
 
 def test_anp_through_the_registry_prunes_a_copy_and_records_json():
-    model, clean = _model(), _clean()
+    model, clean = tiny_model(), separable_images(40)
     before = copy.deepcopy(model.state_dict())
     result = _run(model, clean)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
@@ -164,17 +149,19 @@ def test_anp_through_the_registry_prunes_a_copy_and_records_json():
 
 
 def test_anp_is_deterministic_for_a_seed():
-    model, clean = _model(), _clean()
+    model, clean = tiny_model(), separable_images(40)
     a, b = _run(model, clean), _run(model, clean)
     assert a.record == b.record
     assert all(torch.equal(v, b.model.state_dict()[k]) for k, v in a.model.state_dict().items())
-    c = DEFENSES["anp"](model, clean, FAST, spec=_spec(), seed=1)
+    c = DEFENSES["anp"](model, clean, FAST, spec=tiny_spec(), seed=1)
     assert c.record["masks"] != a.record["masks"]
 
 
 def test_anp_noise_enters_the_mask_loss_only_through_one_minus_alpha():
-    model, clean = _model(), _clean()
-    learn = lambda config: anp.learn_masks(model, clean, config, spec=_spec(), seed=0)[0]
+    model, clean = tiny_model(), separable_images(40)
+    def learn(config):
+        return anp.learn_masks(model, clean, config, spec=tiny_spec(), seed=0)[0]
+
     natural_only = learn(dataclasses.replace(FAST, alpha=1.0, eps=0.0))
     # alpha 1: the loss under noise has weight 0, so the noise cannot change the masks.
     assert all(torch.equal(v, natural_only[k]) for k, v in learn(dataclasses.replace(FAST, alpha=1.0)).items())
@@ -202,10 +189,10 @@ def test_bad_anp_settings_fail_naming_the_value(field, value):
 
 
 def test_oracle_choice_needs_the_oracle_data_and_uses_it():
-    model, clean = _model(), _clean()
+    model, clean = tiny_model(), separable_images(40)
     with pytest.raises(ValueError, match="oracle"):
         _run(model, clean, dataclasses.replace(FAST, choice="oracle"))
-    test = _clean(30, seed=3)
+    test = separable_images(30, seed=3)
     oracle = OracleData(test.x, test.y, test.x.clone(), target=0)
     result = _run(model, clean, dataclasses.replace(FAST, choice="oracle"), oracle=oracle)
     assert all({"test_acc", "test_asr"} <= set(row) for row in result.record["rows"])

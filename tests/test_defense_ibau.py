@@ -11,26 +11,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from tsbd_utils import config, data, models
-from tsbd_utils.data import ImageData
+from tsbd_utils import config, data
 from tsbd_utils.defenses import DEFENSES, ibau
 from tsbd_utils.defenses.hypergradient import implicit_hypergradient
 from tsbd_utils.defenses.ibau import IBAUConfig, universal_perturbation
 
+from .helpers import noise_images, tiny_model
+
 SPEC = dataclasses.replace(data.DATASETS["fashion_mnist"], mean=(0.3,), std=(0.3,), crop_pad=1)
 TINY = IBAUConfig(n_rounds=2, batch_size=8, portion=0.25)  # 2 of each 8 images get delta
-
-
-def _tiny_model(seed=0):
-    return models.build_model(
-        "preactresnet18", num_classes=2, in_channels=1, width=2, mean=(0.3,), std=(0.3,), seed=seed
-    )
-
-
-def _clean(n=24, size=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8, generator=g)
-    return ImageData(x, torch.randint(0, 2, (n,), generator=g))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,8 +131,8 @@ def test_unlearn_step_follows_the_brute_force_hypergradient_of_ibau_losses():
 
 
 def test_no_patched_image_reduces_the_step_to_plain_cross_entropy():
-    model = _tiny_model()
-    clean = _clean(8)
+    model = tiny_model(width=2)
+    clean = noise_images(8, drawn_labels=True)
     x, y = clean.float(), clean.y
     plain = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
     before = copy.deepcopy(model)
@@ -164,8 +153,8 @@ def test_no_patched_image_reduces_the_step_to_plain_cross_entropy():
 @pytest.mark.parametrize("linear", [True, False])
 def test_fitted_perturbation_is_adversarial_on_the_clean_images(linear):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(256, 3)) if linear else _tiny_model().eval()
-    clean = _clean(48)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(256, 3)) if linear else tiny_model(width=2).eval()
+    clean = noise_images(48, drawn_labels=True)
     batches = ibau.clean_batches(clean, TINY, spec=SPEC, seed=0, purpose="test", device=torch.device("cpu"))
     delta, perturb_ce = ibau.fit_perturbation(model, batches, TINY)
     x = clean.float()
@@ -183,7 +172,7 @@ def test_fitted_perturbation_is_adversarial_on_the_clean_images(linear):
 
 
 def test_universal_perturbation_is_the_defense_first_delta_and_leaves_the_model_alone():
-    model, clean = _tiny_model(), _clean()
+    model, clean = tiny_model(width=2), noise_images(24, drawn_labels=True)
     state = copy.deepcopy(model.state_dict())
     delta = universal_perturbation(model, clean, TINY, spec=SPEC, seed=3)
     result = DEFENSES["ibau"](model, clean, TINY, spec=SPEC, seed=3)
@@ -197,7 +186,7 @@ def test_universal_perturbation_is_the_defense_first_delta_and_leaves_the_model_
 
 
 def test_defense_runs_through_the_registry_without_touching_its_input():
-    model, clean = _tiny_model(), _clean()
+    model, clean = tiny_model(width=2), noise_images(24, drawn_labels=True)
     model.train()  # the defense must neither switch the input's mode nor update its BN statistics
     state = copy.deepcopy(model.state_dict())
     result = DEFENSES["ibau"](model, clean, TINY, spec=SPEC, seed=0)
@@ -216,7 +205,7 @@ def test_defense_runs_through_the_registry_without_touching_its_input():
 
 
 def test_defense_is_deterministic_for_a_seed():
-    model, clean = _tiny_model(), _clean()
+    model, clean = tiny_model(width=2), noise_images(24, drawn_labels=True)
     first = DEFENSES["ibau"](model, clean, TINY, spec=SPEC, seed=1)
     second = DEFENSES["ibau"](model, clean, TINY, spec=SPEC, seed=1)
     other = DEFENSES["ibau"](model, clean, TINY, spec=SPEC, seed=2)

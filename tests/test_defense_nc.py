@@ -11,31 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from tsbd_utils import config as tconfig
-from tsbd_utils import data, models
+from tsbd_utils import config as tconfig, data, models
 from tsbd_utils.data import ImageData
 from tsbd_utils.defenses import DEFENSES, config_for, nc, nc_reverse
 from tsbd_utils.defenses.common import FineTuning
 
-
-def _spec(num_classes=10):
-    return dataclasses.replace(
-        data.DATASETS["fashion_mnist"], mean=(0.3,), std=(0.3,), crop_pad=1, num_classes=num_classes
-    )
-
-
-def _tiny_model(num_classes=10, seed=0):
-    return models.build_model(
-        "preactresnet18", num_classes=num_classes, in_channels=1, width=2, mean=(0.3,), std=(0.3,), seed=seed
-    )
-
-
-def _images(n=24, size=16, classes=10, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return ImageData(
-        torch.randint(0, 256, (n, 1, size, size), generator=g, dtype=torch.uint8), torch.arange(n) % classes
-    )
-
+from .helpers import noise_images, tiny_model, tiny_spec
 
 TINY = nc_reverse.NCConfig(nc_epoch=2, batch_size=8, epoch_images=16, finetune=FineTuning(epochs=1, batch_size=8))
 
@@ -152,12 +133,12 @@ def test_unlearning_set_stamps_a_share_with_true_labels():
 
 
 def test_nothing_flagged_returns_the_model_unchanged_and_says_so():
-    model, clean = _tiny_model(), _images()
+    model, clean = tiny_model(10, width=2), noise_images(24, 10)
     before = copy.deepcopy(model.state_dict())
     # median 21, MAD 1.4826 * 2: the smallest norm, 16, has index 1.69 < 2.
     triggers = [_trigger(n) for n in (20, 28, 16, 22, 24, 18, 26, 21, 23, 19)]
     assert max(nc.anomaly_indices([t.norm for t in triggers])) == pytest.approx(5 / (2 * 1.4826))
-    result = DEFENSES["nc"](model, clean, TINY, spec=_spec(), seed=0, triggers=triggers)
+    result = DEFENSES["nc"](model, clean, TINY, spec=tiny_spec(), seed=0, triggers=triggers)
     assert result.record["flagged"] == [] and result.record["unlearned"] is False
     assert result.record["finetune"] is None and result.record["reverse_epochs"] == [None] * 10
     assert result.model is not model and type(result.model) is type(model) and not result.model.training
@@ -168,10 +149,10 @@ def test_nothing_flagged_returns_the_model_unchanged_and_says_so():
 
 
 def test_a_flagged_label_is_unlearned_with_given_triggers():
-    model, clean = _tiny_model(), _images()
+    model, clean = tiny_model(10, width=2), noise_images(24, 10)
     before = copy.deepcopy(model.state_dict())
     triggers = [(t.mask, t.pattern) for t in (_trigger(n) for n in (1, 11, 9, 10, 12, 10, 9, 11, 10, 10))]
-    result = DEFENSES["nc"](model, clean, TINY, spec=_spec(), seed=0, triggers=triggers)
+    result = DEFENSES["nc"](model, clean, TINY, spec=tiny_spec(), seed=0, triggers=triggers)
     record = result.record
     assert record["flagged"] == [0] and record["unlearned"] is True
     assert record["norms"][0] == 1.0 and record["unlearning_images"] == int(24 * 0.2)
@@ -182,9 +163,9 @@ def test_a_flagged_label_is_unlearned_with_given_triggers():
 
 
 def test_registry_run_on_a_tiny_model_is_deterministic_and_leaves_the_input_alone():
-    model, clean = _tiny_model(), _images()
+    model, clean = tiny_model(10, width=2), noise_images(24, 10)
     before = copy.deepcopy(model.state_dict())
-    runs = [DEFENSES["nc"](model, clean, TINY, spec=_spec(), seed=3) for _ in range(2)]
+    runs = [DEFENSES["nc"](model, clean, TINY, spec=tiny_spec(), seed=3) for _ in range(2)]
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name]), name
     first, second = runs
@@ -197,8 +178,8 @@ def test_registry_run_on_a_tiny_model_is_deterministic_and_leaves_the_input_alon
         assert torch.equal(value, second.model.state_dict()[name]), name
     assert type(first.model) is type(model) and not first.model.training
     # Precomputed triggers give the same decision and model.
-    triggers = nc_reverse.reverse_engineer_all(model, clean, TINY, seed=3, spec=_spec())
-    reused = DEFENSES["nc"](model, clean, TINY, spec=_spec(), seed=3, triggers=triggers)
+    triggers = nc_reverse.reverse_engineer_all(model, clean, TINY, seed=3, spec=tiny_spec())
+    reused = DEFENSES["nc"](model, clean, TINY, spec=tiny_spec(), seed=3, triggers=triggers)
     assert reused.record == record
 
 

@@ -8,40 +8,23 @@ import re
 import pytest
 import torch
 
-from tsbd_utils import data, models
+from tsbd_utils import data
 from tsbd_utils.config import PROFILES
-from tsbd_utils.defenses import DEFENSES, masks, pruning, rnp
-from tsbd_utils.defenses import OracleData
+from tsbd_utils.defenses import DEFENSES, OracleData, masks, pruning, rnp
 from tsbd_utils.defenses.rnp import MultiStepAscent, RNPConfig
 
-
-def _spec():
-    return dataclasses.replace(data.DATASETS["fashion_mnist"], mean=(0.3,), std=(0.3,), crop_pad=1)
-
-
-def _model(seed=0):
-    return models.build_model(
-        "preactresnet18", num_classes=2, in_channels=1, width=4, mean=(0.3,), std=(0.3,), seed=seed
-    )
-
-
-def _clean(n=50, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % 2
-    x = (torch.rand(n, 1, 16, 16, generator=g) * 90 + y[:, None, None, None] * 140).to(torch.uint8)
-    return data.ImageData(x, y.to(torch.int64))
-
+from .helpers import separable_images, tiny_model, tiny_spec
 
 # Share 0.4 of 50 images = 20 (one batch per epoch); 10 thresholds instead of 19.
 FAST = RNPConfig(clean_fraction=0.4, unlearning_epochs=3, recovering_epochs=3, batch_size=32, pruning_step=0.1)
 
 
 def _run(model, clean, config=FAST, seed=0, **kwargs):
-    return DEFENSES["rnp"](model, clean, config, spec=_spec(), seed=seed, **kwargs)
+    return DEFENSES["rnp"](model, clean, config, spec=tiny_spec(), seed=seed, **kwargs)
 
 
 def test_rnp_through_the_registry_prunes_a_copy_and_records_json():
-    model, clean = _model(), _clean()
+    model, clean = tiny_model(), separable_images(50)
     before = copy.deepcopy(model.state_dict())
     result = _run(model, clean)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
@@ -65,29 +48,31 @@ def test_rnp_through_the_registry_prunes_a_copy_and_records_json():
 
 
 def test_rnp_is_deterministic_for_a_seed():
-    model, clean = _model(), _clean()
+    model, clean = tiny_model(), separable_images(50)
     a, b = _run(model, clean), _run(model, clean)
     assert a.record == b.record
     assert all(torch.equal(v, b.model.state_dict()[k]) for k, v in a.model.state_dict().items())
 
 
 def test_rnp_learns_on_the_first_share_of_the_clean_data_only():
-    model, clean = _model(), _clean()
-    base = rnp.unlearn_and_recover(model, clean, FAST, spec=_spec(), seed=0)
+    model, clean = tiny_model(), separable_images(50)
+    base = rnp.unlearn_and_recover(model, clean, FAST, spec=tiny_spec(), seed=0)
     beyond = clean.x.clone()
     beyond[20:] = 255 - beyond[20:]  # every image after the share changes
-    same = rnp.unlearn_and_recover(model, data.ImageData(beyond, clean.y), FAST, spec=_spec(), seed=0)
+    same = rnp.unlearn_and_recover(model, data.ImageData(beyond, clean.y), FAST, spec=tiny_spec(), seed=0)
     assert base[1] == same[1]
     assert all(torch.equal(v, same[0][k]) for k, v in base[0].items())
     inside = clean.x.clone()
     inside[:20] = 255 - inside[:20]
-    changed = rnp.unlearn_and_recover(model, data.ImageData(inside, clean.y), FAST, spec=_spec(), seed=0)
+    changed = rnp.unlearn_and_recover(model, data.ImageData(inside, clean.y), FAST, spec=tiny_spec(), seed=0)
     assert any(not torch.equal(v, changed[0][k]) for k, v in base[0].items())
 
 
 def test_unlearning_stops_at_the_first_epoch_at_or_under_the_threshold():
-    model, clean = _model(), _clean()
-    learn = lambda config: rnp.unlearn_and_recover(model, clean, config, spec=_spec(), seed=0)[1]
+    model, clean = tiny_model(), separable_images(50)
+    def learn(config):
+        return rnp.unlearn_and_recover(model, clean, config, spec=tiny_spec(), seed=0)[1]
+
     stopped = learn(dataclasses.replace(FAST, clean_threshold=1.0))["unlearning"]
     assert stopped["epochs"] == 1 and stopped["reached"]
     never = learn(dataclasses.replace(FAST, clean_threshold=0.0, unlearning_epochs=3, milestones=(2,)))["unlearning"]
@@ -106,13 +91,13 @@ def test_multistep_factor_follows_backdoorbenchs_milestones():
 
 
 def test_recovered_masks_stay_in_zero_one_and_alpha_only_scales_the_loss():
-    model, clean = _model(), _clean()
-    values, _ = rnp.unlearn_and_recover(model, clean, FAST, spec=_spec(), seed=0)
+    model, clean = tiny_model(), separable_images(50)
+    values, _ = rnp.unlearn_and_recover(model, clean, FAST, spec=tiny_spec(), seed=0)
     flat = masks.flat_masks(values)
     assert flat.min() < 1 and flat.min() >= 0 and flat.max() <= 1
     # alpha only scales the loss: alpha 0.4 with lr 0.1 takes the steps of alpha 0.2 with lr 0.2.
     doubled, _ = rnp.unlearn_and_recover(
-        model, clean, dataclasses.replace(FAST, alpha=0.4, recovering_lr=0.1), spec=_spec(), seed=0
+        model, clean, dataclasses.replace(FAST, alpha=0.4, recovering_lr=0.1), spec=tiny_spec(), seed=0
     )
     for name, v in values.items():
         torch.testing.assert_close(doubled[name], v, rtol=0, atol=1e-5)
@@ -139,14 +124,14 @@ def test_bad_rnp_settings_fail_naming_the_value(field, value):
 
 def test_a_share_too_small_fails():
     with pytest.raises(ValueError, match="clean_fraction"):
-        RNPConfig(clean_fraction=0.01).share(_clean(50))
+        RNPConfig(clean_fraction=0.01).share(separable_images(50))
 
 
 def test_oracle_choice_needs_the_oracle_data_and_uses_it():
-    model, clean = _model(), _clean()
+    model, clean = tiny_model(), separable_images(50)
     with pytest.raises(ValueError, match="oracle"):
         _run(model, clean, dataclasses.replace(FAST, choice="oracle"))
-    test = _clean(30, seed=3)
+    test = separable_images(30, seed=3)
     oracle = OracleData(test.x, test.y, test.x.clone(), target=0)
     result = _run(model, clean, dataclasses.replace(FAST, choice="oracle"), oracle=oracle)
     assert all({"test_acc", "test_asr"} <= set(row) for row in result.record["rows"])

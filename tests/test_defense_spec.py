@@ -70,7 +70,8 @@ def test_a_spec_is_called_like_its_function_and_refuses_unknown_options():
     echo = _Echo()
     _spec(echo)(nn.Linear(1, 1), None, None, seed=3)
     assert echo.calls[-1][3] == {"seed": 3}
-    with pytest.raises(ValueError, match=r"unknown defense option\(s\) \['teacher'\]; allowed: " + ", ".join(CONTEXT_OPTIONS)):
+    allowed = ", ".join(CONTEXT_OPTIONS)
+    with pytest.raises(ValueError, match=r"unknown defense option\(s\) \['teacher'\]; allowed: " + allowed):
         _spec(echo, ("teacher",))
 
 

@@ -1,40 +1,23 @@
 """Every defense through the registry on a tiny model, plus FT, FP, NAD and CLP specifics."""
 
-import dataclasses
 import json
 
 import pytest
 import torch
 from torch import nn
 
-from tsbd_utils import config, data, models
-from tsbd_utils.defenses import DEFENSE_CONFIGS, DEFENSES, common, config_for, nad
+from tsbd_utils import config, data
+from tsbd_utils.defenses import DEFENSE_CONFIGS, DEFENSES, OracleData, common, config_for, nad
 from tsbd_utils.defenses.clp import CLPConfig, channel_lipschitz
-from tsbd_utils.defenses import OracleData
 from tsbd_utils.defenses.common import scaled_epochs, select_amount
 from tsbd_utils.defenses.fp import FPConfig, head_inputs
 from tsbd_utils.defenses.nad import NADConfig, attention_loss, attention_map
 from tsbd_utils.registry import UnknownNameError
 
+from .helpers import separable_images, tiny_model, tiny_spec
+
 NINE = ("tsbd", "ft", "fp", "nad", "nc", "anp", "clp", "ibau", "rnp")
 SMOKE = config.PROFILES["smoke"]
-
-
-def _spec():
-    return dataclasses.replace(data.DATASETS["fashion_mnist"], mean=(0.3,), std=(0.3,), crop_pad=1)
-
-
-def _model(seed=0, width=4):
-    return models.build_model(
-        "preactresnet18", num_classes=10, in_channels=1, width=width, mean=(0.3,), std=(0.3,), seed=seed
-    )
-
-
-def _clean(n=100, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % 10
-    x = (torch.rand(n, 1, 16, 16, generator=g) * 60 + y[:, None, None, None] * 19).to(torch.uint8)
-    return data.ImageData(x, y.to(torch.int64))
 
 
 def test_the_registry_holds_the_nine_defenses_and_an_unknown_name_lists_them():
@@ -49,10 +32,11 @@ def test_the_registry_holds_the_nine_defenses_and_an_unknown_name_lists_them():
 
 @pytest.mark.parametrize("name", NINE)
 def test_every_defense_runs_through_the_registry_and_leaves_its_input_alone(name):
-    model = _model()
+    model = tiny_model(10)
     model.eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = DEFENSES[name](model, _clean(), config_for(name, SMOKE), spec=_spec(), seed=0, device="cpu")
+    clean = separable_images(100, 10, noise=60, step=19)
+    result = DEFENSES[name](model, clean, config_for(name, SMOKE), spec=tiny_spec(), seed=0, device="cpu")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert type(result.model) is type(model)
     assert {k: v.shape for k, v in result.model.state_dict().items()} == {k: v.shape for k, v in before.items()}
@@ -138,11 +122,11 @@ def test_a_sweep_measures_a_model_once_when_amounts_give_the_same_model():
 
 
 def test_fp_prunes_the_least_active_head_inputs_and_keeps_them_at_zero_through_fine_tuning():
-    model, clean = _model(), _clean()
+    model, clean = tiny_model(10), separable_images(100, 10, noise=60, step=19)
     features = head_inputs(model, clean.x, "cpu")
     order = torch.argsort(features.mean(0))
     cfg = FPConfig.for_profile(SMOKE, acc_ratio=0.99)  # allow almost any drop: prunes all but the last step
-    result = DEFENSES["fp"](model, clean, cfg, spec=_spec(), seed=0)
+    result = DEFENSES["fp"](model, clean, cfg, spec=tiny_spec(), seed=0)
     pruned = result.record["pruned"]
     assert pruned == max(r["amount"] for r in result.record["sweep"])
     head = result.model.linear.weight
@@ -152,14 +136,14 @@ def test_fp_prunes_the_least_active_head_inputs_and_keeps_them_at_zero_through_f
     with pytest.raises(ValueError, match=r"FPConfig\.choice must be one of clean, oracle, got 'test'"):
         FPConfig(choice="test")
     with pytest.raises(ValueError, match="oracle=OracleData"):
-        DEFENSES["fp"](model, clean, FPConfig.for_profile(SMOKE, choice="oracle"), spec=_spec(), seed=0)
+        DEFENSES["fp"](model, clean, FPConfig.for_profile(SMOKE, choice="oracle"), spec=tiny_spec(), seed=0)
 
 
 def test_fp_oracle_reads_the_test_set_it_is_given():
-    model, clean = _model(), _clean()
+    model, clean = tiny_model(10), separable_images(100, 10, noise=60, step=19)
     oracle = OracleData(clean.x, clean.y, clean.x[:20], target=0)
     result = DEFENSES["fp"](
-        model, clean, FPConfig.for_profile(SMOKE, choice="oracle"), spec=_spec(), seed=0, oracle=oracle
+        model, clean, FPConfig.for_profile(SMOKE, choice="oracle"), spec=tiny_spec(), seed=0, oracle=oracle
     )
     assert {"test_acc", "test_asr"} <= set(result.record["sweep"][0])
     assert result.record["choice"] == "oracle"
@@ -184,12 +168,12 @@ def test_nad_fails_on_a_point_the_model_does_not_have_before_training_the_teache
     monkeypatch.setattr(nad, "fine_tune", lambda *a, **k: trained.append(1))
     cfg = NADConfig.for_profile(SMOKE, points=(("layer9", 1.0),))
     with pytest.raises(ValueError, match="layer9.*allowed"):
-        DEFENSES["nad"](_model(), _clean(), cfg, spec=_spec(), seed=0)
+        DEFENSES["nad"](tiny_model(10), separable_images(100, 10, noise=60, step=19), cfg, spec=tiny_spec(), seed=0)
     assert trained == []  # refused before the teacher's epochs, not after them
 
 
 def test_clp_zeroes_the_bn_channel_behind_a_planted_high_lipschitz_kernel_and_reads_no_data():
-    model = _model(width=8)
+    model = tiny_model(10, width=8)
     with torch.no_grad():
         model.layer2[0].conv1.weight[3] *= 50  # one channel far more sensitive than its 15 siblings
     uclc = channel_lipschitz(model)

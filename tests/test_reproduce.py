@@ -8,21 +8,12 @@ import pytest
 
 from tsbd_utils import data, paths, reproduce
 
+from .helpers import parameters_notebook
 from .test_data import write_fmnist
 
 
-def _notebook(path: Path, params: str = "PROFILE = 'quick'\nSEED = 0") -> Path:
-    nb = nbformat.v4.new_notebook()
-    cell = nbformat.v4.new_code_cell(params)
-    cell.metadata["tags"] = ["parameters"]
-    nb.cells = [cell, nbformat.v4.new_code_cell("print(PROFILE, SEED)")]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
-    return path
-
-
 def test_undeclared_parameters_are_an_error(tmp_path):
-    nb = _notebook(tmp_path / "00_x.ipynb")
+    nb = parameters_notebook(tmp_path / "00_x.ipynb")
     reproduce.check_parameters(nb, {"PROFILE": "smoke"})
     with pytest.raises(ValueError, match="does not declare parameter\\(s\\) EPOCHS; allowed: PROFILE, SEED"):
         reproduce.run_notebook(nb, tmp_path / "out.ipynb", {"PROFILE": "smoke", "EPOCHS": 2})
@@ -41,10 +32,11 @@ def test_cli_runs_in_order_and_rejects_bad_names(tmp_path, capsys):
     folder = tmp_path / "nbs"
     folder.mkdir()
     for name in ("01_b.ipynb", "00_a.ipynb", "notes.ipynb"):
-        _notebook(
+        parameters_notebook(
             folder / name,
             "PROFILE = 'quick'\nDATASET = None\nSEED = 0\nDEVICE = 'auto'\n"
             "CACHE_DIR = None\nFIGURES_DIR = '.'\nRUN_DIR = None\nDATA_DIR = None",
+            "print(PROFILE, SEED)",
         )
     assert [p.name for p in paths.notebooks(folder)] == ["00_a.ipynb", "01_b.ipynb"]
     assert reproduce.main(["--profile", "fast", "--notebooks-dir", str(folder)]) == 2
@@ -91,7 +83,7 @@ def test_bad_settings_are_refused_before_anything_is_written(tmp_path, capsys, e
     (tmp_path / "a-file").write_text("not a folder")
     folder = tmp_path / "nbs"
     folder.mkdir()
-    _notebook(folder / "00_a.ipynb", "PROFILE = 'smoke'")
+    parameters_notebook(folder / "00_a.ipynb", "PROFILE = 'smoke'")
     before = sorted(tmp_path.rglob("*"))
     argv = ["--profile", "smoke", "--notebooks-dir", str(folder), "--run-dir", str(tmp_path / "runs"),
             "--cache-dir", str(tmp_path / "cache"), "--figures-dir", str(tmp_path / "figs")]
@@ -104,7 +96,7 @@ def test_a_read_only_setting_that_is_not_understood_is_refused(tmp_path, capsys,
     monkeypatch.setenv("TSBD_CACHE_READ_ONLY", "maybe")
     folder = tmp_path / "nbs"
     folder.mkdir()
-    _notebook(folder / "00_a.ipynb", "PROFILE = 'smoke'")
+    parameters_notebook(folder / "00_a.ipynb", "PROFILE = 'smoke'")
     assert reproduce.main(["--profile", "smoke", "--notebooks-dir", str(folder), "--run-dir", str(tmp_path / "r"),
                            "--cache-dir", str(tmp_path / "c"), "--figures-dir", str(tmp_path / "f")]) == 2
     assert "$TSBD_CACHE_READ_ONLY='maybe' is not understood; allowed: 1, true, yes, 0, false, no or unset" in (
@@ -127,7 +119,7 @@ def _refused_with_nothing_written(tmp_path: Path, capsys, *extra: str) -> str:
     """Run the CLI on one tiny notebook with ``extra``; assert it exits 2 having written nothing; its stderr."""
     folder = tmp_path / "nbs"
     folder.mkdir()
-    _notebook(folder / "00_a.ipynb", "PROFILE = 'smoke'")
+    parameters_notebook(folder / "00_a.ipynb", "PROFILE = 'smoke'")
     before = sorted(tmp_path.rglob("*"))
     assert reproduce.main(["--profile", "smoke", "--notebooks-dir", str(folder), "--run-dir", str(tmp_path / "r"),
                            "--cache-dir", str(tmp_path / "c"), "--figures-dir", str(tmp_path / "f"), *extra]) == 2

@@ -1,4 +1,3 @@
-import dataclasses
 
 import pytest
 import torch
@@ -6,6 +5,8 @@ import torch.nn.functional as F
 
 from tsbd_utils import augment, config, data, models, schedules, training
 from tsbd_utils.rng import generator
+
+from .helpers import tiny_spec
 
 
 def test_random_crop_cuts_a_window_of_the_padded_image():
@@ -42,17 +43,13 @@ def test_schedules_start_high_and_end_low(name):
         assert values[0] == values[9] == 1.0 and values[10] < 1.0
 
 
-def _spec():
-    return dataclasses.replace(data.DATASETS["fashion_mnist"], mean=(0.3,), std=(0.3,), crop_pad=1)
-
-
 def _fit(tiny_images, seed=0, epochs=4, **kw):
     x, y = tiny_images
     model = models.build_model(
         "preactresnet18", num_classes=2, in_channels=1, width=4, mean=(0.3,), std=(0.3,), seed=seed
     )
     cfg = config.TrainConfig(epochs=epochs, batch_size=16, lr=0.05, schedule="onecycle", **kw)
-    history = training.train(model, data.ImageData(x, y), cfg, spec=_spec(), seed=seed, progress=False)
+    history = training.train(model, data.ImageData(x, y), cfg, spec=tiny_spec(), seed=seed, progress=False)
     return model, history
 
 
@@ -80,7 +77,7 @@ def test_a_final_batch_of_one_is_folded_into_the_previous(tiny_images):
     x, y = tiny_images
     model = models.PreActResNet18(num_classes=2, in_channels=1, width=4)
     cfg = config.TrainConfig(epochs=1, batch_size=21, lr=0.01)  # 64 = 3 * 21 + 1
-    history = training.train(model, data.ImageData(x, y), cfg, spec=_spec(), seed=0, progress=False)
+    history = training.train(model, data.ImageData(x, y), cfg, spec=tiny_spec(), seed=0, progress=False)
     assert history.epochs[0]["images"] == 64
 
 
@@ -108,7 +105,7 @@ def test_batch_transform_hooks_are_called_every_step(tiny_images):
     model = models.PreActResNet18(num_classes=2, in_channels=1, width=4)
     hook = Recorder()
     cfg = config.TrainConfig(epochs=2, batch_size=16, lr=0.05)
-    training.train(model, data.ImageData(x, y), cfg, spec=_spec(), seed=0, batch_transform=hook, progress=False)
+    training.train(model, data.ImageData(x, y), cfg, spec=tiny_spec(), seed=0, batch_transform=hook, progress=False)
     assert hook.calls == {"transform": 8, "extra": 8, "after": 8}
     pred = model(x.float() / 255).argmax(1)
     assert (pred == 1).float().mean() > 0.9  # it learned the transformed labels
@@ -122,7 +119,7 @@ def test_eval_fn_results_join_the_history(tiny_images):
         model,
         data.ImageData(x, y),
         cfg,
-        spec=_spec(),
+        spec=tiny_spec(),
         seed=0,
         eval_fn=lambda m: {"in_eval_mode": float(not m.training)},
         progress=False,
@@ -144,7 +141,7 @@ def test_narrow_models_train_in_the_default_layout_on_the_cpu():
         torch.randint(0, 256, (117, 1, 28, 28), dtype=torch.uint8, generator=g), torch.arange(117) % 10
     )
     cfg = config.TrainConfig(epochs=6, batch_size=117, lr=0.01, schedule="constant")
-    history = training.train(narrow, images, cfg, spec=_spec(), seed=0, progress=False)
+    history = training.train(narrow, images, cfg, spec=tiny_spec(), seed=0, progress=False)
     assert len(history.epochs) == 6
     assert narrow.conv1.weight.is_contiguous()  # back in the default layout
 

@@ -7,20 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from tsbd_utils import data, models, observations, unlearning
+from tsbd_utils import data, observations, unlearning
 from tsbd_utils.defenses import DEFENSES, ActivenessAwareStep, TSBDConfig, zero_reinit
 from tsbd_utils.defenses.activeness import CopyingActivenessAwareStep
 from tsbd_utils.training import Step
 
-
-def _spec():
-    return dataclasses.replace(data.DATASETS["fashion_mnist"], mean=(0.3,), std=(0.3,), crop_pad=1)
-
-
-def _tiny_model(seed=0):
-    return models.build_model(
-        "preactresnet18", num_classes=2, in_channels=1, width=2, mean=(0.3,), std=(0.3,), seed=seed
-    )
+from .helpers import tiny_model, tiny_spec
 
 
 class TwoConvs(nn.Module):
@@ -90,7 +82,7 @@ def _batch(seed=0, n=16):
 
 
 def _one_step(step, lr=0.1, seed=0):
-    model = _tiny_model().train()
+    model = tiny_model(width=2).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     x, y = _batch(seed)
     step(model, x, y, optimizer)
@@ -113,7 +105,7 @@ def test_activeness_aware_step_with_alpha_0_or_r_0_is_a_plain_sgd_step(radius, a
 
 def test_perturbed_pass_leaves_bn_statistics_and_weights_as_they_were():
     # lr 0: the step changes nothing but BN running statistics, which only the first pass may update.
-    before = _tiny_model().state_dict()
+    before = tiny_model(width=2).state_dict()
     plain, _ = _one_step(Step(), lr=0.0)
     aware, _ = _one_step(ActivenessAwareStep(0.5, 0.7), lr=0.0)
     for key, value in aware.state_dict().items():
@@ -151,21 +143,21 @@ def _scripted(values):
 def test_unlearning_stops_at_the_first_epoch_at_or_under_the_threshold(tiny_images):
     x, y = tiny_images
     clean = data.ImageData(x, y)
-    model = _tiny_model()
+    model = tiny_model(width=2)
     run = unlearning.unlearn(
-        model, clean, _scripted([0.5, 0.2, 0.1, 0.0]), 0.1, metric="acc", spec=_spec(), seed=0, max_epochs=10
+        model, clean, _scripted([0.5, 0.2, 0.1, 0.0]), 0.1, metric="acc", spec=tiny_spec(), seed=0, max_epochs=10
     )
     assert run.epochs == 3 and run.reached and [e["acc"] for e in run.history.epochs] == [0.5, 0.2, 0.1]
     capped = unlearning.unlearn(
-        model, clean, _scripted([0.9] * 5), 0.1, metric="acc", spec=_spec(), seed=0, max_epochs=4
+        model, clean, _scripted([0.9] * 5), 0.1, metric="acc", spec=tiny_spec(), seed=0, max_epochs=4
     )
     assert capped.epochs == 4 and not capped.reached
-    assert _same_state(model, _tiny_model(), atol=0, rtol=0)  # the input model is untouched
+    assert _same_state(model, tiny_model(width=2), atol=0, rtol=0)  # the input model is untouched
 
 
 def test_a_diverging_unlearning_stops_at_its_last_finite_epoch(tiny_images):
     x, y = tiny_images
-    model = _tiny_model()
+    model = tiny_model(width=2)
     kept = {}
 
     def monitor(m):  # after epoch 2, overflow one weight: epoch 3's ascent then leaves NaN everywhere
@@ -178,7 +170,7 @@ def test_a_diverging_unlearning_stops_at_its_last_finite_epoch(tiny_images):
         return 0.9
 
     run = unlearning.unlearn(
-        model, data.ImageData(x, y), monitor, 0.1, metric="acc", spec=_spec(), seed=0, max_epochs=10
+        model, data.ImageData(x, y), monitor, 0.1, metric="acc", spec=tiny_spec(), seed=0, max_epochs=10
     )
     assert run.diverged and not run.reached and kept["calls"] == 2  # epoch 3 ended non-finite: stopped there
     assert run.epochs == 2 and len(run.history.seconds) == 2  # the diverged epoch is not counted
@@ -190,11 +182,11 @@ def test_a_real_ascent_that_overflows_is_caught_not_run_to_the_cap(tiny_images):
     x, y = tiny_images
     wild = unlearning.UnlearnConfig(lr=1e6, batch_size=16)  # no floor on the loss: the weights overflow
     run = unlearning.clean_unlearn(
-        _tiny_model(), data.ImageData(x, y), spec=_spec(), seed=0, config=wild, max_epochs=200
+        tiny_model(width=2), data.ImageData(x, y), spec=tiny_spec(), seed=0, config=wild, max_epochs=200
     )
     assert run.diverged and run.epochs < 200 and unlearning.finite_state(run.model)
     calm = unlearning.clean_unlearn(
-        _tiny_model(), data.ImageData(x, y), spec=_spec(), seed=0,
+        tiny_model(width=2), data.ImageData(x, y), spec=tiny_spec(), seed=0,
         config=unlearning.UnlearnConfig(lr=0.05, batch_size=16), max_epochs=50,
     )
     assert not calm.diverged and calm.reached
@@ -202,30 +194,30 @@ def test_a_real_ascent_that_overflows_is_caught_not_run_to_the_cap(tiny_images):
 
 def test_clean_and_poison_unlearning_stop_where_their_rules_say(tiny_images):
     x, y = tiny_images
-    model = _tiny_model()
+    model = tiny_model(width=2)
     fast = unlearning.UnlearnConfig(lr=0.05, batch_size=16)
-    run = unlearning.clean_unlearn(model, data.ImageData(x, y), spec=_spec(), seed=0, config=fast, max_epochs=50)
+    run = unlearning.clean_unlearn(model, data.ImageData(x, y), spec=tiny_spec(), seed=0, config=fast, max_epochs=50)
     accs = [e["clean_acc"] for e in run.history.epochs]
     assert run.reached and accs[-1] <= 0.10 and all(a > 0.10 for a in accs[:-1])
     poison = unlearning.poison_unlearn(
-        model, x, 1, spec=_spec(), seed=0, config=dataclasses.replace(fast, augment=False), max_epochs=50
+        model, x, 1, spec=tiny_spec(), seed=0, config=dataclasses.replace(fast, augment=False), max_epochs=50
     )
     asrs = [e["asr"] for e in poison.history.epochs]
     assert poison.reached and asrs[-1] <= 0.05 and all(a > 0.05 for a in asrs[:-1])
     with pytest.raises(ValueError, match="uint8"):
-        unlearning.poison_unlearn(model, x.float(), 1, spec=_spec(), seed=0)
+        unlearning.poison_unlearn(model, x.float(), 1, spec=tiny_spec(), seed=0)
 
 
 def test_activeness_records_one_norm_per_output_channel(tiny_images):
     x, y = tiny_images
-    model = _tiny_model()
-    act = observations.activeness(model, data.ImageData(x, y), spec=_spec(), seed=0)
+    model = tiny_model(width=2)
+    act = observations.activeness(model, data.ImageData(x, y), spec=tiny_spec(), seed=0)
     assert act.layer == "layer4.1.conv2" and act.mean.shape == (16,) and act.var.shape == (16,)
     assert bool((act.mean > 0).all()) and bool((act.var >= 0).all())
-    first = observations.activeness(model, data.ImageData(x, y), spec=_spec(), seed=0, layer="conv1")
+    first = observations.activeness(model, data.ImageData(x, y), spec=tiny_spec(), seed=0, layer="conv1")
     assert first.mean.shape == (2,)
     with pytest.raises(ValueError, match="layer4.1.conv2"):
-        observations.activeness(model, data.ImageData(x, y), spec=_spec(), seed=0, layer="linear")
+        observations.activeness(model, data.ImageData(x, y), spec=tiny_spec(), seed=0, layer="linear")
 
 
 def test_correlation_and_top_k_overlap():
@@ -241,10 +233,10 @@ def test_correlation_and_top_k_overlap():
 
 def test_tsbd_through_the_registry_leaves_the_input_model_alone(tiny_images):
     x, y = tiny_images
-    model = _tiny_model()
+    model = tiny_model(width=2)
     before = copy.deepcopy(model.state_dict())
     config = TSBDConfig(neuron_ratio=0.3, epochs=2, unlearn=unlearning.UnlearnConfig(lr=0.05, max_epochs=3))
-    result = DEFENSES["tsbd"](model, data.ImageData(x, y), config, spec=_spec(), seed=0)
+    result = DEFENSES["tsbd"](model, data.ImageData(x, y), config, spec=tiny_spec(), seed=0)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert type(result.model) is type(model)
     record = result.record

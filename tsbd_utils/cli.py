@@ -73,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, run_dir_help: str = "defau
     parser.add_argument("--cache-dir", default=None,
                         help="default: $TSBD_CACHE_DIR, else .cache/ in the project (a shared folder on a cluster)")
     parser.add_argument("--cache-read-only", action="store_true",
-                        help="read the cache, never write it (a shared, pre-filled cache; also $TSBD_CACHE_READ_ONLY=1)")
+                        help="read the cache, never write it (a shared, filled cache; also $TSBD_CACHE_READ_ONLY=1)")
     parser.add_argument("--run-dir", default=None, help=run_dir_help)
 
 

@@ -31,7 +31,6 @@ from .data import DatasetSpec, ImageData
 from .training import train
 from .unlearning import AscentStep, UnlearnConfig
 
-
 RECORD_LAYER = "layer4.1.conv2"  # the paper's recorded layer: PreActResNet18's last conv (8w neurons)
 
 

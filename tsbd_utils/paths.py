@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"  # the course's numbered notebooks (and their executed copies)
 
 
@@ -87,5 +86,5 @@ def cache_folder_problem(path: str | os.PathLike, read_only: bool = False) -> st
         return None if os.access(folder, os.R_OK | os.X_OK) else f"{folder} is not readable"
     reason = unusable_folder(folder)
     if reason and folder.is_dir():
-        reason += "; to use a cache you may not write to, set TSBD_CACHE_READ_ONLY=1 (make reproduce: --cache-read-only)"
+        reason += "; to use a cache you may not write to, set TSBD_CACHE_READ_ONLY=1 (or pass --cache-read-only)"
     return reason

@@ -8,8 +8,8 @@ the format and fails with a message naming the file, never returning half-read d
 from __future__ import annotations
 
 import gzip
-import zlib
 import pickle
+import zlib
 from pathlib import Path
 
 import numpy as np

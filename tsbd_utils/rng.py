@@ -13,7 +13,6 @@ from collections.abc import Iterator
 
 import torch
 
-
 SEED_MAX = 2**32 - 1  # a run's seed: 32 bits, as NumPy's; torch takes up to 2**64 - 1, so seed + k stays valid
 
 

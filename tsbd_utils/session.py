@@ -28,7 +28,7 @@ from .cache import Cache
 from .config import Profile, resolve
 from .data import Splits, checked_named_dir, prepare_for
 from .device import configure_threads, resolve_device
-from .paths import checked_path, cache_folder_problem, project_root, run_dir as default_run_dir, unusable_folder
+from .paths import cache_folder_problem, checked_path, project_root, run_dir as default_run_dir, unusable_folder
 from .rng import check_seed
 
 

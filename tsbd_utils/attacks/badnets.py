@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-
 import torch
 
-from .base import Attack, AttackConfig, AttackContext, corner_mask
 from ..settings import in_range, settings
+from .base import Attack, AttackConfig, AttackContext, corner_mask
 
 
 @settings

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from ..rng import generator
-from .base import Attack, AttackConfig, AttackContext
 from ..settings import in_range, settings
+from .base import Attack, AttackConfig, AttackContext
 
 
 @settings

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from .base import Attack, AttackConfig, AttackContext
 from ..settings import in_range, settings
+from .base import Attack, AttackConfig, AttackContext
 
 
 @settings

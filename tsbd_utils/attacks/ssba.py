@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..rng import generator
+from ..settings import in_range, non_negative, settings
 from .base import Attack, AttackConfig, AttackContext
 from .nets import BitDecoder, UNet, load_module, module_state
-from ..settings import in_range, non_negative, settings
 
 
 @settings

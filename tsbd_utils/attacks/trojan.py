@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
-from .base import Attack, AttackConfig, AttackContext, corner_mask
 from ..settings import settings
+from .base import Attack, AttackConfig, AttackContext, corner_mask
 
 
 @settings

@@ -55,8 +55,7 @@ from ..data import DatasetSpec, ImageData
 from ..rng import generator
 from ..settings import at_least, check_ranges, in_range, non_negative, positive, replace_checked, settings
 from ..training import channels_last_safe
-from .base import Budget, DefenseResult, DefenseSpec, register
-from .base import OracleData
+from .base import Budget, DefenseResult, DefenseSpec, OracleData, register
 from .common import check_choice, scaled_epochs, working_copy
 from .masks import attach_masks, clip_masks, freeze_all_but_masks, mask_values
 from .pruning import PRUNING_RANGES, prune_sweep, pruning_record

@@ -33,9 +33,9 @@ from torch import nn
 
 from ..config import Profile
 from ..data import DatasetSpec
+from ..settings import check_ranges, non_negative, replace_checked, settings
 from .base import Budget, DefenseResult, DefenseSpec, register
 from .common import working_copy
-from ..settings import check_ranges, non_negative, replace_checked, settings
 
 
 @settings

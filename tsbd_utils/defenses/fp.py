@@ -43,10 +43,9 @@ from .. import metrics
 from ..config import Profile
 from ..data import DatasetSpec, ImageData
 from ..observations import neuron_weight_change, nwc_layers
-from .base import Budget, DefenseResult, DefenseSpec, register
-from .base import OracleData
-from .common import PRUNING_CHOICES, FineTuning, check_choice, fine_tune, select_amount, working_copy
 from ..settings import check_ranges, in_range, one_of, replace_checked, settings
+from .base import Budget, DefenseResult, DefenseSpec, OracleData, register
+from .common import PRUNING_CHOICES, FineTuning, check_choice, fine_tune, select_amount, working_copy
 
 
 @settings

@@ -30,9 +30,9 @@ from torch import nn
 
 from ..config import Profile
 from ..data import DatasetSpec, ImageData
+from ..settings import check_types, replace_checked, settings
 from .base import Budget, DefenseResult, DefenseSpec, register
 from .common import FineTuning, fine_tune, working_copy
-from ..settings import check_types, replace_checked, settings
 
 
 @settings

@@ -57,10 +57,10 @@ from ..augment import augment
 from ..config import Profile
 from ..data import DatasetSpec, ImageData
 from ..rng import generator
+from ..settings import at_least, check_ranges, each, in_range, non_negative, positive, replace_checked, settings
 from .base import Budget, DefenseResult, DefenseSpec, register
 from .common import clean_accuracy, scaled_epochs, working_copy
 from .hypergradient import implicit_hypergradient
-from ..settings import at_least, check_ranges, each, in_range, non_negative, positive, replace_checked, settings
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

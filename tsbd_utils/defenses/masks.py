@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-
 class MaskedBatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` whose weight is scaled per channel by a learnable ``neuron_mask``.
 

@@ -53,7 +53,6 @@ from .base import Budget, DefenseResult, DefenseSpec, register
 from .common import fine_tune, working_copy
 from .nc_reverse import NCConfig, Trigger, reverse_engineer_all
 
-
 MAD_CONSISTENCY = 1.4826  # 1.4826 * MAD estimates the standard deviation of normally distributed norms
 
 # ---------------------------------------------------------------------------------------------

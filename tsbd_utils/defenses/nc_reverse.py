@@ -24,7 +24,6 @@ from ..augment import augment
 from ..config import Profile
 from ..data import DatasetSpec, ImageData
 from ..rng import generator
-from ..training import channels_last_safe
 from ..settings import (
     above,
     at_least,
@@ -37,6 +36,7 @@ from ..settings import (
     replace_checked,
     settings,
 )
+from ..training import channels_last_safe
 from .common import FineTuning, capped_epochs, working_copy
 
 # Reverse engineering on a scaled profile (defense_scale < 1): per label, epochs of 40 images in

@@ -35,8 +35,8 @@ from torch import nn
 from ..config import Profile, TrainConfig
 from ..data import DatasetSpec, ImageData
 from ..settings import above, at_least, check_ranges, in_range, non_negative, replace_checked, settings
-from ..unlearning import UnlearnConfig, Unlearned, clean_unlearn
 from ..training import BatchTransform, History, epoch_steps, train
+from ..unlearning import UnlearnConfig, Unlearned, clean_unlearn
 from .activeness import ActivenessAwareStep
 from .base import Budget, DefenseResult, DefenseSpec, register
 from .common import capped_epochs
@@ -44,6 +44,7 @@ from .reinit import (
     REINIT_SCHEMES,
     reinitialize,
 )
+
 
 @settings
 class TSBDConfig:

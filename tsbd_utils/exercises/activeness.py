@@ -18,7 +18,7 @@ from torch import nn
 from ..models import PreActResNet18
 from ..rng import seeded
 from ..unlearning import AscentStep
-from .feedback import call, keeps_rng, fail, same_tensor, show, which_mistake
+from .feedback import call, fail, keeps_rng, same_tensor, show, which_mistake
 
 LAYER = "layer4.1.conv2"  # the layer the paper records
 LR = 0.05  # far above unlearning's 1e-4, so that an epoch of descent and one of ascent visibly part ways
@@ -69,7 +69,7 @@ def check(layer_activeness: Any, *, thorough: bool = False) -> None:
         got = call(layer_activeness, "layer_activeness", text, copy.deepcopy(model), batches, LAYER, LR)
         expected = reference(copy.deepcopy(model), batches, LAYER, LR)
         if not same_tensor(got, expected, tol=1e-4):
-            def variant(**kw):
+            def variant(model=model, batches=batches, **kw):  # this seed's model and batches
                 return _variant(copy.deepcopy(model), batches, LAYER, LR, **kw)
             hint = which_mistake(got, {
                 "that is gradient descent: unlearning *maximises* the loss, backward on -loss":

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..metrics import defense_effectiveness_rating
-from .feedback import call, keeps_rng, fail, same_number, show, which_mistake
+from .feedback import call, fail, keeps_rng, same_number, show, which_mistake
 
 # (before, after) pairs: the first is the worked example of the notebook's style, the rest cover the clipping.
 EXAMPLE = [((0.90, 1.00), (0.88, 0.10))]

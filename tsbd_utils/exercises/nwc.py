@@ -17,7 +17,7 @@ from torch import nn
 from ..models import PreActResNet18
 from ..observations import neuron_weight_change, nwc_layers
 from ..rng import seeded
-from .feedback import call, keeps_rng, fail, same_tensor, show, which_mistake
+from .feedback import call, fail, keeps_rng, same_tensor, show, which_mistake
 
 
 def models(seed: int, width: int = 4) -> tuple[nn.Module, nn.Module]:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..attacks import ATTACKS
-from .feedback import call, keeps_rng, fail, show, which_mistake
+from .feedback import call, fail, keeps_rng, show, which_mistake
 
 SHAPES = {"example": (4, 1, 8, 8), "thorough": (6, 3, 10, 10)}  # a grayscale batch, then an RGB one
 

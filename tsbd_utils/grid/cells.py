@@ -25,13 +25,13 @@ from typing import Any
 
 import torch
 
+from .. import probes, zoo
 from ..attacks import ATTACKS
 from ..cache import canonical
 from ..defenses import TSBDConfig
 from ..registry import Registry
 from ..session import Session, start
 from ..zoo.table1 import check_baselines
-from .. import probes, zoo
 
 MARKER = "grid-cell"  # the cache kind of the markers of finished cells
 

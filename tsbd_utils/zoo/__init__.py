@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+from . import ablations
 from .defended import (
     CURVE_IMAGES,
     defended_model,
@@ -36,6 +37,7 @@ from .evaluation import (
     test_accuracy,
     trigger_floor,
 )
+from .keys import backdoor_fields, clean_fields, unlearn_config
 from .table1 import (
     BASELINES,
     FLOOR,
@@ -56,9 +58,6 @@ from .table1 import (
     oracle_runs,
     unlearning_seconds,
 )
-from . import ablations
-from .keys import backdoor_fields, clean_fields, unlearn_config
-from .triggers import ibau_perturbation, nc_reversed_trigger, trigger_residual
 from .trained import (
     Backdoored,
     Defended,
@@ -68,6 +67,7 @@ from .trained import (
     clean_model,
     unlearned_model,
 )
+from .triggers import ibau_perturbation, nc_reversed_trigger, trigger_residual
 
 __all__ = [
     "ablations",

@@ -31,7 +31,7 @@ from ..session import Session
 from ..settings import above, at_least, check_ranges, each, in_range, replace_checked, settings
 from ..shortcut import PhotometricConfig
 from .defended import CURVE_IMAGES, defended_cached, defense_context, tsbd_model
-from .evaluation import table_row, backdoor_evaluation, evaluate_cached, oracle_data
+from .evaluation import backdoor_evaluation, evaluate_cached, oracle_data, table_row
 from .keys import backdoor_fields, defender_fields, model_fields, unlearn_config
 from .trained import Defended, backdoored_model, unlearned_model, unlearning_outcome
 

@@ -12,16 +12,15 @@ from typing import Any
 
 from torch import nn
 
-from ..config import resolve
 from ..attacks import AttackConfig
+from ..config import resolve
 from ..defenses import DEFENSES, REINIT_SCHEMES, DefenseContext, DefenseResult, FineTuning, TSBDConfig
-from ..unlearning import UNLEARN_MODES
 from ..session import Session
 from ..shortcut import PhotometricConfig, PhotometricLift
+from ..unlearning import UNLEARN_MODES
 from .evaluation import curve_eval, oracle_data
 from .keys import defender_fields, model_fields, unlearn_config
 from .trained import Defended, backdoored_model, cached_model, unlearned_model, unlearning_outcome
-
 
 # Notebook 05 records ACC / ASR on subsets of this many images after every stage-2 epoch; the size is part
 # of the cached models' keys, so every notebook that reads those runs asks with the same value.

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import PROFILES, Profile
-from ..unlearning import UnlearnConfig
 from ..session import Session
+from ..unlearning import UnlearnConfig
 
 
 def unlearn_config(profile: Profile, mode: str = "clean") -> UnlearnConfig:
