@@ -45,6 +45,11 @@ def noise_images(n: int, classes: int = 2, *, size: int = 16, seed: int = 0, dra
     return ImageData(x, y)
 
 
+# The parameters every notebook declares (tests/test_notebooks.py), which the runner passes to each.
+RUNNER_PARAMETERS = ("PROFILE = 'quick'\nDATASET = None\nSEED = 0\nDEVICE = 'auto'\nCACHE_DIR = None\n"
+                     "FIGURES_DIR = '.'\nRUN_DIR = None\nDATA_DIR = None")
+
+
 def parameters_notebook(path: Path, params: str = "PROFILE = 'quick'\nSEED = 0", *more: str) -> Path:
     """A notebook at ``path`` with a ``parameters`` cell holding ``params``, then a code cell per ``more``."""
     nb = nbformat.v4.new_notebook()

@@ -142,6 +142,17 @@ def _smoke(tmp_path, cache_dir, **variant):
     return s.variant(**variant) if variant else s
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"attacks": "badnets"}, r"AblationPlan\.attacks must be a non-empty tuple of names from badnets, .*got 'badnets'"),
+    ({"seed_attacks": []}, r"AblationPlan\.seed_attacks must be a non-empty tuple of names from badnets"),
+    ({"seeds": [2**64]}, r"AblationPlan\.seeds must be a tuple of ints in \[0, 4294967295\], "
+                         r"got \(18446744073709551616,\)"),
+])
+def test_the_ablation_plan_refuses_a_bare_string_and_an_unusable_seed(change, message):
+    with pytest.raises(ValueError, match=message):
+        ablations.AblationPlan.for_profile(config.resolve("quick"), **change)
+
+
 def test_a_variant_session_keeps_the_cache_and_keys_its_defenders_images(tmp_path, cache_dir):
     s = _smoke(tmp_path, cache_dir)
     more = s.variant(clean_ratio=0.1)

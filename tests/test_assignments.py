@@ -149,3 +149,18 @@ def test_the_rest_of_each_notebook_never_uses_the_students_answers():
         assert defined, path.name
         used = {n.id for source in outside for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name)}
         assert not defined & used, (path.name, sorted(defined & used))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--profile", "bogus"], "unknown profile 'bogus'; allowed: smoke, quick, paper"),
+    (["generate", "--only"], "--only takes notebook numbers, got []; allowed: 00, 01"),
+    (["generate", "--only", "42"], "--only takes notebook numbers, got ['42']"),
+    (["generate", "--notebooks", "{tmp}/none"], "--notebooks {tmp}/none is not a folder"),
+    (["generate", "--out", "{tmp}/a-file"], "--out: the folder {tmp}/a-file cannot be used"),
+    (["grade", "{tmp}/none.zip", "{tmp}"], "the autograder {tmp}/none.zip is not a file"),
+])
+def test_the_command_line_names_a_bad_argument_in_one_line(tmp_path, capsys, argv, message):
+    (tmp_path / "a-file").write_text("x")
+    assert assignments.main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert message.format(tmp=tmp_path) in err and "Traceback" not in err

@@ -84,6 +84,28 @@ def test_export_refuses_a_run_the_book_must_not_show(tmp_path):
         book.export(_executed(tmp_path / "b", error=True), tmp_path / "out")
 
 
+def test_export_is_all_or_nothing_and_its_command_line_checks_its_folders(tmp_path, capsys):
+    good = _executed(tmp_path / "run")
+    smoke = _executed(tmp_path / "other", profile="smoke")
+    smoke.rename(good.parent / "01_smoke.ipynb")
+    (tmp_path / "other" / "run" / "00_results.json").rename(good.parent / "01_results.json")
+    dest = tmp_path / "executed"
+    with pytest.raises(ValueError, match="01_smoke.ipynb ran in profile 'smoke'"):
+        book.export_run(good.parent, dest, root=tmp_path)
+    assert not dest.exists()  # the good notebook before it was not written either
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    for argv, message in ((["export", str(tmp_path / "missing")], "is not a folder of executed notebooks"),
+                          (["export", str(tmp_path / "empty"), "--dest", str(dest)], "holds no executed notebook"),
+                          (["export", str(good.parent), "--dest", ""], "--dest must be a folder path"),
+                          (["export", str(good.parent), "--dest", str(tmp_path / "a-file")], "a-file is a file"),
+                          (["build", "--out", ""], "--out must be a folder path"),
+                          (["build", "--out", str(tmp_path / "a-file")], "a-file is a file")):
+        assert book.main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert not dest.exists()
+
+
 def test_the_books_sources_hold_every_notebook_in_order_with_its_run_and_the_landing_page(tmp_path):
     src = book.assemble(tmp_path / "src", ROOT)
     toc = (src / "_toc.yml").read_text()

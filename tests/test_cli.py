@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from tsbd_utils import reproduce
+from tsbd_utils import cli, reproduce
 from tsbd_utils.grid import __main__ as grid_cli
 
-from .helpers import parameters_notebook
+from .helpers import RUNNER_PARAMETERS, parameters_notebook
 from .test_data import write_fmnist
 
 
@@ -96,3 +96,61 @@ def test_both_commands_name_the_same_options():
     for option in shared:
         assert helps["reproduce"][option] == helps["grid"][option], option
     assert "cuda:N" in helps["grid"]["--device"]
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("TSBD_CACHE_DIR", "   ", r"\$TSBD_CACHE_DIR must be a folder path \(a non-empty string\), got '   '"),
+    ("TSBD_DATA_DIR", "  ", r"\$TSBD_DATA_DIR must be a folder path \(a non-empty string\), got '  '"),
+    ("TSBD_CACHE_DIR", "{tmp}/a-file", r"\$TSBD_CACHE_DIR: the cache folder .*a-file cannot be used"),
+])
+def test_the_environments_folders_are_checked_like_the_options(tmp_path, capsys, monkeypatch, variable, value,
+                                                                 message):
+    (tmp_path / "a-file").write_text("x")
+    monkeypatch.setenv(variable, value.format(tmp=tmp_path))
+    parameters_notebook(tmp_path / "nbs" / "00_a.ipynb")
+    before = sorted(tmp_path.rglob("*"))
+    argv = ["--profile", "smoke", "--notebooks-dir", str(tmp_path / "nbs"), "--run-dir", str(tmp_path / "runs"),
+            "--figures-dir", str(tmp_path / "figs")]
+    assert reproduce.main(argv) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_relative_folders_reach_the_notebooks_as_the_absolute_ones_checked(tmp_path, monkeypatch):
+    """A kernel runs in the notebooks' folder: a relative $TSBD_CACHE_DIR or $TSBD_DATA_DIR would mean another."""
+    write_fmnist(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TSBD_CACHE_DIR", "relcache")
+    monkeypatch.setenv("TSBD_DATA_DIR", "data")
+    parser = reproduce._parser()
+    settings = cli.check(parser.parse_args(["--profile", "smoke", "--run-dir", "runs"]))
+    parameters = settings.parameters()
+    assert parameters["CACHE_DIR"] == str(tmp_path / "relcache") and parameters["DATA_DIR"] == str(tmp_path / "data")
+    assert parameters["RUN_DIR"] == str(tmp_path / "runs")
+
+
+def test_a_broken_notebook_later_in_the_run_stops_it_before_the_first(tmp_path, capsys):
+    folder = tmp_path / "nbs"
+    parameters_notebook(folder / "00_a.ipynb", RUNNER_PARAMETERS)
+    (folder / "01_b.ipynb").write_text("this is not a notebook")
+    assert _reproduce(tmp_path, []) == 2
+    assert re.search(r"01_b\.ipynb is not a readable notebook", capsys.readouterr().err)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_smoke_run_writes_its_figures_beside_its_results_not_over_the_committed_ones(tmp_path):
+    args = reproduce._parser().parse_args(["--profile", "smoke", "--run-dir", str(tmp_path / "runs")])
+    assert reproduce._figures_dir(args) == tmp_path / "runs" / "figures"
+    quick = reproduce._parser().parse_args(["--profile", "quick"])
+    assert reproduce._figures_dir(quick).name == "figures" and reproduce._figures_dir(quick).parent.name != "runs"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--connect-timeout", "5"], "--connect-timeout 5.0 applies to a scheduler at --address; there is none"),
+    (["--address", "127.0.0.1:1", "--connect-timeout", "inf"], "--connect-timeout must be a finite number of seconds"),
+    (["--address", "127.0.0.1:1", "--connect-timeout", "0"], "--connect-timeout must be a finite number of seconds"),
+])
+def test_the_grids_connect_timeout_is_checked(tmp_path, capsys, extra, message):
+    assert grid_cli.main(["--profile", "smoke", "--attacks", "badnets", "--run-dir", str(tmp_path / "runs"),
+                          "--cache-dir", str(tmp_path / "cache"), *extra]) == 2
+    assert message in capsys.readouterr().err

@@ -100,6 +100,22 @@ def test_registry_rejects_duplicates_and_upper_case():
     assert isinstance(err.value, KeyError) and str(err.value) == "unknown thing 'b'; allowed: a"
 
 
+@pytest.mark.parametrize("names, message", [
+    ("a", r"NAMES must be None or a non-empty list of thing names, got 'a'; allowed: a, b"),  # not letter by letter
+    ([], r"NAMES must be None or a non-empty list of thing names, got \[\]; allowed: a, b"),
+    (3, r"NAMES must be None or a non-empty list of thing names, got 3"),
+    (["a", "a"], r"NAMES names 'a' more than once; allowed: a, b"),
+    (["a", "c"], r"unknown thing 'c'; allowed: a, b"),
+])
+def test_registry_select_refuses_a_bare_string_an_empty_list_and_repeats(names, message):
+    reg = Registry("thing")
+    reg.register("a", 1)
+    reg.register("b", 2)
+    assert reg.select(None) == ["a", "b"] and reg.select(["b", "a"], "NAMES") == ["b", "a"]
+    with pytest.raises(ValueError, match=message):
+        reg.select(names, "NAMES")
+
+
 def test_config_knows_the_registered_names_without_importing_them():
     from tsbd_utils import names
     from tsbd_utils.datasets import DATASETS

@@ -122,6 +122,18 @@ def test_a_flipped_bit_inside_a_gzip_file_is_named_with_how_to_reinstall(no_syst
         data.load("fashion_mnist", data_dir=folder, download=False)
 
 
+def test_train_and_test_files_swapped_are_refused(no_system_data):
+    folder = no_system_data / "fm"
+    write_fmnist(folder, compress=False)
+    for kind in ("images-idx3", "labels-idx1"):
+        train, test = folder / f"train-{kind}-ubyte", folder / f"t10k-{kind}-ubyte"
+        train_bytes = train.read_bytes()
+        train.write_bytes(test.read_bytes())
+        test.write_bytes(train_bytes)
+    with pytest.raises(ValueError, match=r"6 training and 12 test images: .* swapped\. Reinstall it"):
+        data.load("fashion_mnist", data_dir=folder, download=False)
+
+
 def test_a_file_of_another_dataset_is_named_with_its_labels_and_how_to_reinstall(no_system_data):
     folder = no_system_data / "fm"
     write_fmnist(folder, compress=False)

@@ -8,7 +8,7 @@ import pytest
 
 from tsbd_utils import data, paths, reproduce
 
-from .helpers import parameters_notebook
+from .helpers import RUNNER_PARAMETERS, parameters_notebook
 from .test_data import write_fmnist
 
 
@@ -32,18 +32,13 @@ def test_cli_runs_in_order_and_rejects_bad_names(tmp_path, capsys):
     folder = tmp_path / "nbs"
     folder.mkdir()
     for name in ("01_b.ipynb", "00_a.ipynb", "notes.ipynb"):
-        parameters_notebook(
-            folder / name,
-            "PROFILE = 'quick'\nDATASET = None\nSEED = 0\nDEVICE = 'auto'\n"
-            "CACHE_DIR = None\nFIGURES_DIR = '.'\nRUN_DIR = None\nDATA_DIR = None",
-            "print(PROFILE, SEED)",
-        )
+        parameters_notebook(folder / name, RUNNER_PARAMETERS, "print(PROFILE, SEED)")
     assert [p.name for p in paths.notebooks(folder)] == ["00_a.ipynb", "01_b.ipynb"]
     assert reproduce.main(["--profile", "fast", "--notebooks-dir", str(folder)]) == 2
     assert "unknown profile 'fast'; allowed: smoke, quick, paper" in capsys.readouterr().err
     assert reproduce.main(["--dataset", "svhn", "--notebooks-dir", str(folder)]) == 2
     assert reproduce.main(["--only", "07", "--notebooks-dir", str(folder)]) == 2
-    assert "no notebook numbered 07; allowed: 00, 01" in capsys.readouterr().err
+    assert "no notebook numbered '07'; allowed: 00, 01" in capsys.readouterr().err
     run_dir = tmp_path / "runs"
     write_fmnist(tmp_path / "data")
     assert (
@@ -76,7 +71,7 @@ def test_cli_runs_in_order_and_rejects_bad_names(tmp_path, capsys):
         (["--figures-dir", "{tmp}/a-file"], r"--figures-dir: the folder .*a-file cannot be used: .*a-file is a file"),
         (["--figures-dir", ""], r"--figures-dir must be a folder path \(a non-empty string\), got ''"),
         (["--notebooks-dir", "{tmp}/none"], r"--notebooks-dir .*none is not a folder"),
-        (["--only", "07"], r"no notebook numbered 07; allowed: 00"),
+        (["--only", "07"], r"no notebook numbered '07'; allowed: 00"),
     ],
 )
 def test_bad_settings_are_refused_before_anything_is_written(tmp_path, capsys, extra, message):

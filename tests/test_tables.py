@@ -167,3 +167,32 @@ def test_committed_quick_table_agrees_with_its_results_file_and_the_readme():
     readme = (root / "README.md").read_text()
     assert len(rows) == 2 + 9 and "\n".join(rows) in readme
     assert "figures/07_der_heatmap.png" in readme
+
+
+class _NoSession:
+    """A session whose every use fails: a check that comes before any work never touches it."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the session was used ({name}) before the names were checked")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"names": ["badnet"]}, r"unknown attack\(s\) \['badnet'\]; allowed: badnets"),
+    ({"names": "badnets"}, r"attack\(s\) must be a non-empty list of names, got 'badnets'"),
+    ({"names": []}, r"attack\(s\) must be a non-empty list of names, got \[\]"),
+    ({"baselines": ["tsbd"]}, r"unknown baseline\(s\) \['tsbd'\]; allowed: ft, fp"),
+    ({"matched": ["bogus"]}, r"unknown same-budget control\(s\) \['bogus'\]; allowed: ft, fp, nad"),
+    ({"oracles": ["ft"]}, r"unknown oracle choice\(s\) \['ft'\]; allowed: fp, anp, rnp"),
+    ({"oracles": ["fp", "fp"]}, r"oracle choice\(s\) \['fp'\] named more than once"),
+])
+def test_table1_checks_every_name_before_computing_anything(kwargs, message):
+    kwargs = {"names": ["badnets"], **kwargs}
+    with pytest.raises(ValueError, match=message):
+        zoo.assemble_table1(_NoSession(), kwargs.pop("names"), **kwargs)
+
+
+def test_the_extras_default_to_the_grids_and_a_cell_shows_ra_only_when_asked():
+    assert zoo.check_matched(None) == list(zoo.MATCHED) and zoo.check_oracles([]) == []
+    assert tables.cell_metrics(False) == tables.CELL_METRICS and "RA" in tables.cell_metrics(True)
+    with pytest.raises(ValueError, match=r"ra \(SHOW_RA\) must be True or False, got 'no'"):
+        tables.cell_metrics("no")

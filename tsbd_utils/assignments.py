@@ -37,7 +37,7 @@ import nbformat
 import yaml
 
 from .config import PROFILES
-from .paths import project_root
+from .paths import project_root, unusable_folder
 
 CONFIG_MARK = "# ASSIGNMENT CONFIG"
 QUESTION_MARK = "# BEGIN QUESTION"
@@ -190,23 +190,44 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "generate":
-        notebooks = sorted(args.notebooks.glob("[0-9][0-9]_*.ipynb"))
-        if args.only is not None:
-            known = {p.name[:2] for p in notebooks}
-            unknown = sorted(set(args.only) - known)
-            if unknown:
-                raise SystemExit(f"unknown notebook number(s) {', '.join(unknown)}; "
-                                 f"allowed: {', '.join(sorted(known))}")
-            notebooks = [p for p in notebooks if p.name[:2] in args.only]
-        summary = generate(notebooks, args.out, args.profile)
-        for name, qs in summary.items():
-            print(f"{name}: {len(qs)} question(s), {sum(q.points for q in qs):g} points")
-        print(f"written to {args.out}/student, {args.out}/autograder and {args.out}/solutions")
-        return 0
+    try:
+        return _generate(args) if args.command == "generate" else _grade(args)
+    except (ValueError, OSError) as err:  # a bad argument or file: one line naming it, not a traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _generate(args: argparse.Namespace) -> int:
+    PROFILES.check(args.profile)
+    if not args.notebooks.is_dir():
+        raise ValueError(f"--notebooks {args.notebooks} is not a folder of master notebooks")
+    notebooks = sorted(args.notebooks.glob("[0-9][0-9]_*.ipynb"))
+    known = sorted(p.name[:2] for p in notebooks)
+    if not notebooks:
+        raise ValueError(f"--notebooks {args.notebooks} holds no notebook named NN_*.ipynb")
+    if args.only is not None:
+        unknown = sorted(set(args.only) - set(known))
+        if unknown or not args.only:
+            raise ValueError(f"--only takes notebook numbers, got {args.only!r}; allowed: {', '.join(known)}")
+        notebooks = [p for p in notebooks if p.name[:2] in args.only]
+    problem = unusable_folder(args.out)
+    if problem:
+        raise ValueError(f"--out: the folder {args.out} cannot be used: {problem}")
+    summary = generate(notebooks, args.out, args.profile)
+    for name, qs in summary.items():
+        print(f"{name}: {len(qs)} question(s), {sum(q.points for q in qs):g} points")
+    print(f"written to {args.out}/student, {args.out}/autograder and {args.out}/solutions")
+    return 0
+
+
+def _grade(args: argparse.Namespace) -> int:
+    if not args.autograder.is_file():
+        raise ValueError(f"the autograder {args.autograder} is not a file (make assignments writes one per notebook)")
     subs = sorted(args.submissions.glob("*.ipynb")) if args.submissions.is_dir() else [args.submissions]
-    if not subs:
-        raise SystemExit(f"no .ipynb submissions in {args.submissions}")
+    if not subs or not all(s.is_file() for s in subs):
+        raise ValueError(f"no .ipynb submissions in {args.submissions}")
+    if args.csv is not None and unusable_folder(args.csv.parent):
+        raise ValueError(f"--csv {args.csv}: {unusable_folder(args.csv.parent)}")
     rows = grade(args.autograder, subs)
     fields = list(dict.fromkeys(k for row in rows for k in row))
     if args.csv:

@@ -29,7 +29,7 @@ import nbformat
 
 from .atomic import atomic_path
 from .exports import markdown_rows, table1_file
-from .paths import notebooks, project_root
+from .paths import checked_path, notebooks, project_root, unusable_folder
 
 EXECUTED = Path("figures") / "executed"  # the executed copies the book renders, relative to the project
 SOURCE = Path("notebooks") / "book"  # configuration, landing page template, references
@@ -67,6 +67,15 @@ def export(executed: Path, dest: Path, *, root: Path | None = None) -> Path:
     """Copy the executed quick-profile notebook ``executed`` (with its ``NN_results.json`` beside it) into the
     folder ``dest``, ready for the book; return the copy's path. The copy keeps the times of the last run that
     computed something and of the last run that read everything from the cache (``tsbd_run``)."""
+    target, text = _exported(executed, dest, root)
+    with atomic_path(target) as tmp:
+        tmp.write_text(text)
+    return target
+
+
+def _exported(executed: Path, dest: Path, root: Path | None) -> tuple[Path, str]:
+    """Where :func:`export` writes ``executed`` and what; an error (nothing written) for a notebook the book must
+    not show."""
     root = root or project_root() or Path.cwd()
     nb = nbformat.read(executed, as_version=4)
     papermill = nb.metadata.get("papermill", {})
@@ -99,18 +108,23 @@ def export(executed: Path, dest: Path, *, root: Path | None = None) -> Path:
     run["computed" if this["new_results"] else "cached"] = this
     nb.metadata.pop("papermill", None)
     nb.metadata["tsbd_run"] = run
-    with atomic_path(target) as tmp:
-        tmp.write_text(nbformat.writes(nb) + "\n")
-    return target
+    return target, nbformat.writes(nb) + "\n"
 
 
 def export_run(run_dir: Path, dest: Path, names: Sequence[str] | None = None, root: Path | None = None) -> list[Path]:
-    """:func:`export` every executed notebook of ``run_dir`` (or those named ``names``), in order."""
+    """:func:`export` every executed notebook of ``run_dir`` (or those named ``names``), in order; all or none: each
+    is checked before any is written."""
     paths = notebooks(run_dir)
     if names is not None:
         wanted = set(names)
         paths = [p for p in paths if p.name in wanted]
-    return [export(p, dest, root=root) for p in paths]
+    if not paths:
+        raise ValueError(f"{run_dir} holds no executed notebook to export (none matches NN_*.ipynb)")
+    exported = [_exported(p, dest, root) for p in paths]
+    for target, text in exported:
+        with atomic_path(target) as tmp:
+            tmp.write_text(text)
+    return [target for target, _ in exported]
 
 
 def _minutes(seconds: float) -> str:
@@ -178,10 +192,10 @@ def assemble(out: Path, root: Path | None = None) -> Path:
     if [p.name for p in executed] != list(sources):
         raise ValueError(f"{EXECUTED} holds {[p.name for p in executed]}, the notebooks are {list(sources)}; "
                          "run `make reproduce` to refresh the executed copies")
+    chapters = {p.name: _chapter(p, sources[p.name]) for p in executed}  # checked before the old folder goes
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(root / SOURCE, out)
-    chapters = {p.name: _chapter(p, sources[p.name]) for p in executed}
     (out / "downloads").mkdir()
     for name, nb in chapters.items():
         (out / name).write_text(nbformat.writes(nb) + "\n")
@@ -224,13 +238,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     e.add_argument("run_dir", help="a folder of executed notebooks, such as runs/quick")
     e.add_argument("--dest", default=str(root / EXECUTED))
     args = parser.parse_args(argv)
-    if args.command == "build":
-        html = build(Path(args.out).resolve(), root)
-        print(f"the book: {html / 'index.html'}")
-    else:
-        for path in export_run(Path(args.run_dir), Path(args.dest), root=root):
-            print(f"exported {path}")
+    try:
+        if args.command == "build":
+            out = _output("--out", args.out)
+            html = build(out.resolve(), root)
+            print(f"the book: {html / 'index.html'}")
+        else:
+            run_dir = checked_path("run_dir", args.run_dir, optional=False)
+            if not run_dir.is_dir():
+                raise ValueError(f"run_dir {run_dir} is not a folder of executed notebooks")
+            for path in export_run(run_dir, _output("--dest", args.dest), root=root):
+                print(f"exported {path}")
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _output(option: str, value: str) -> Path:
+    """The folder an option names for writing, or an error naming it (nothing is created here)."""
+    folder = checked_path(option, value, optional=False)
+    problem = unusable_folder(folder)
+    if problem:
+        raise ValueError(f"{option}: the folder {folder} cannot be used: {problem}")
+    return folder
 
 
 if __name__ == "__main__":

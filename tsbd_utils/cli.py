@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,19 +44,19 @@ class RunSettings:
     seed: int
     device: str
     cache_dir: Path  # where the cache is (named, else $TSBD_CACHE_DIR, else .cache/ in the project)
-    cache_named: bool  # whether --cache-dir named it (else notebooks find it by the same rule)
     cache_read_only: bool  # --cache-read-only or $TSBD_CACHE_READ_ONLY
     run_dir: Path  # named, else runs/<profile>/
-    data_dir: Path | None  # named, else None: $TSBD_DATA_DIR, the Debian package, then a download
+    data_dir: Path | None  # named, else $TSBD_DATA_DIR, else None: the Debian package, then a download
 
     def parameters(self) -> dict[str, Any]:
-        """The notebooks' parameters for these settings (FIGURES_DIR is the caller's)."""
+        """The notebooks' parameters for these settings (FIGURES_DIR is the caller's). Folders go as the absolute
+        paths checked here: a kernel runs in the notebooks' folder, where a relative one would mean another."""
         parameters = {
             "PROFILE": self.profile,
             "DATASET": self.dataset,
             "SEED": self.seed,
             "DEVICE": self.device,
-            "CACHE_DIR": str(self.cache_dir) if self.cache_named else None,
+            "CACHE_DIR": str(self.cache_dir),
             "RUN_DIR": str(self.run_dir),
         }
         if self.data_dir is not None:
@@ -90,14 +91,16 @@ def check(args: argparse.Namespace, outputs: Mapping[str, Any] | None = None) ->
     named = {option: checked_path(option, getattr(args, attr)) for option, attr in
              (("--data-dir", "data_dir"), ("--cache-dir", "cache_dir"), ("--run-dir", "run_dir"))}
     try:
-        checked_named_dir(named["--data-dir"])
+        data = checked_named_dir(named["--data-dir"])  # --data-dir, else $TSBD_DATA_DIR, else None
     except DatasetNotFoundError as err:
         raise ValueError(str(err)) from None
     read_only = args.cache_read_only or read_only_from_env()
     cache = cache_dir(named["--cache-dir"]).absolute()
     problem = cache_folder_problem(cache, read_only)
     if problem:
-        raise ValueError(f"--cache-dir: the cache folder {cache} cannot be used: {problem}")
+        source = ("--cache-dir" if named["--cache-dir"] is not None else
+                  "$TSBD_CACHE_DIR" if os.environ.get("TSBD_CACHE_DIR") else "the default cache")
+        raise ValueError(f"{source}: the cache folder {cache} cannot be used: {problem}")
     runs = run_dir(args.profile, named["--run-dir"]).absolute()
     for option, folder in {"--run-dir": runs, **{k: Path(v) for k, v in (outputs or {}).items()}}.items():
         problem = unusable_folder(checked_path(option, folder))
@@ -109,7 +112,6 @@ def check(args: argparse.Namespace, outputs: Mapping[str, Any] | None = None) ->
     except DatasetNotFoundError as err:
         raise ValueError(str(err)) from None
     read_splits(spec, place)  # about a second: a damaged file stops the run here (a ValueError naming it)
-    data = named["--data-dir"]
-    return RunSettings(args.profile, args.dataset, args.seed, args.device, cache, named["--cache-dir"] is not None,
-                       read_only, runs, data.absolute() if data is not None else None)
+    return RunSettings(args.profile, args.dataset, args.seed, args.device, cache, read_only, runs,
+                       data.absolute() if data is not None else None)
 

@@ -75,8 +75,8 @@ def explicit_dir(data_dir: str | Path | None = None) -> tuple[Path, str] | None:
     named = checked_path("DATA_DIR", data_dir)
     if named is not None:
         return named, "DATA_DIR / --data-dir"
-    if os.environ.get("TSBD_DATA_DIR"):
-        return Path(os.environ["TSBD_DATA_DIR"]), "$TSBD_DATA_DIR"
+    if os.environ.get("TSBD_DATA_DIR"):  # set and not empty
+        return checked_path("$TSBD_DATA_DIR", os.environ["TSBD_DATA_DIR"]), "$TSBD_DATA_DIR"
     return None
 
 
@@ -172,6 +172,11 @@ def read_splits(spec: DatasetSpec, place: Path) -> tuple[ImageData, ImageData]:
                 f"{spec.title} in {place} is not the expected dataset: its {what} split has {problem}. "
                 f"Reinstall it: {spec.how_to_get}."
             )
+    if len(train) < len(test):  # every dataset here has more training than test images
+        raise ValueError(
+            f"{spec.title} in {place} has {len(train)} training and {len(test)} test images: fewer training than "
+            f"test images, as if the train and test files were swapped. Reinstall it: {spec.how_to_get}."
+        )
     return train, test
 
 

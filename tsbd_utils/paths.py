@@ -34,7 +34,7 @@ def checked_path(name: str, value: object, *, optional: bool = True) -> Path | N
         return None
     text = os.fspath(value) if isinstance(value, (str, os.PathLike)) else None
     if not isinstance(text, str) or not text.strip():
-        allowed = "a folder path (a non-empty string)" + (" or None" if optional and not name.startswith("--") else "")
+        allowed = "a folder path (a non-empty string)" + (" or None" if optional and name.isidentifier() else "")
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
     return Path(text).expanduser()
 
@@ -44,8 +44,8 @@ def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
     named = checked_path("CACHE_DIR", explicit)
     if named is not None:
         return named
-    if os.environ.get("TSBD_CACHE_DIR"):
-        return Path(os.environ["TSBD_CACHE_DIR"])
+    if os.environ.get("TSBD_CACHE_DIR"):  # set and not empty; spaces alone, or a number, are an error
+        return checked_path("$TSBD_CACHE_DIR", os.environ["TSBD_CACHE_DIR"])
     root = project_root()
     return root / ".cache" if root else Path.home() / ".cache" / "tsbd" / "artifacts"
 

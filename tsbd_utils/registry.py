@@ -7,7 +7,7 @@ instead of an if/elif chain falling through somewhere deep in a run.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -59,6 +59,21 @@ class Registry(Mapping[str, T], Generic[T]):
         """Return ``name`` if it is registered, else raise :class:`UnknownNameError`."""
         self[name]
         return name
+
+    def select(self, names: Sequence[str] | None, what: str | None = None) -> list[str]:
+        """``names`` (a parameter called ``what``) as a list of registered names; None selects them all. A bare
+        string, an empty list, a repeated or an unknown name is an error naming the value and the allowed names."""
+        what = what or f"the {self.kind} names"
+        if names is None:
+            return list(self._items)
+        allowed = ", ".join(self._items)
+        if isinstance(names, str) or not isinstance(names, Sequence) or not names:
+            raise ValueError(f"{what} must be None or a non-empty list of {self.kind} names, got {names!r}; "
+                             f"allowed: {allowed}")
+        repeated = sorted({n for n in names if list(names).count(n) > 1}, key=str)
+        if repeated:
+            raise ValueError(f"{what} names {', '.join(map(repr, repeated))} more than once; allowed: {allowed}")
+        return [self.check(n) for n in names]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)

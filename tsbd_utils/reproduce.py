@@ -4,8 +4,9 @@
     python -m tsbd_utils.reproduce --profile paper --device cuda --data-dir /data
     python -m tsbd_utils.reproduce --only 00 01               # a subset, still in order
 
-Executed copies and each notebook's ``NN_results.json`` go to ``runs/<profile>/``; figures go to
-``figures/``. A quick-profile run into the project's ``figures/`` also refreshes Table 1 in README.md and the
+Executed copies and each notebook's ``NN_results.json`` go to ``runs/<profile>/``; figures go to ``figures/`` in
+the quick profile (the committed set) and to ``runs/<profile>/figures/`` in the others, unless ``--figures-dir``
+names a folder. A quick-profile run into the project's ``figures/`` also refreshes Table 1 in README.md and the
 executed copies that the book renders (``figures/executed/``, :mod:`tsbd_utils.book`). Trained models come
 from the cache, so an interrupted run resumes where it stopped. The same :func:`run_notebook` serves the
 tests: a parameter a notebook does not declare is an error there too (papermill itself only warns).
@@ -25,7 +26,7 @@ from . import book, cli
 from .atomic import atomic_path
 from .cache import READ_ONLY_ENV
 from .exports import markdown_rows, table1_file
-from .paths import NOTEBOOK_GLOB, checked_path, notebooks, project_root
+from .paths import NOTEBOOK_GLOB, checked_path, notebooks, project_root, run_dir
 
 # README.md shows the quick profile's Table 1 between these markers, refreshed from notebook 07's export.
 TABLE_MARKERS = ("<!-- table1:start -->", "<!-- table1:end -->")
@@ -35,7 +36,10 @@ def declared_parameters(path: Path) -> dict[str, Any]:
     """The names and defaults of the notebook's ``parameters`` cell."""
     import papermill
 
-    return papermill.inspect_notebook(str(path))
+    try:
+        return papermill.inspect_notebook(str(path))
+    except Exception as err:  # not JSON, not a notebook, unreadable: name the file, not papermill's internals
+        raise ValueError(f"{path} is not a readable notebook ({type(err).__name__}: {err})") from None
 
 
 def check_parameters(path: Path, parameters: dict[str, Any]) -> None:
@@ -83,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     root = project_root() or Path.cwd()
     p = argparse.ArgumentParser(prog="python -m tsbd_utils.reproduce", description=__doc__.split("\n\n")[0])
     cli.add_arguments(p)
-    p.add_argument("--figures-dir", default=str(root / "figures"))
+    p.add_argument("--figures-dir", default=None,
+                   help="default: figures/ for the quick profile (the committed set), else runs/<profile>/figures/")
     p.add_argument("--notebooks-dir", default=str(root / "notebooks"))
     p.add_argument("--only", nargs="+", default=None, metavar="NN", help="run only these notebook numbers")
     return p
@@ -101,17 +106,33 @@ def _selected(args: argparse.Namespace) -> list[Path]:
         known = {p.name[:2]: p for p in selected}
         missing = [n for n in args.only if n not in known]
         if missing:
-            raise ValueError(f"no notebook numbered {', '.join(missing)}; allowed: {', '.join(known)}")
+            raise ValueError(f"no notebook numbered {', '.join(map(repr, missing))}; allowed: {', '.join(known)}")
         selected = [known[n] for n in sorted(set(args.only))]
     return selected
+
+
+def _figures_dir(args: argparse.Namespace) -> Path:
+    """Where figures go: ``--figures-dir``, else the project's figures/ for the quick profile (the committed set
+    the README and the book show), and for the others the run folder's figures/ (runs/<profile>/figures/), so that a
+    smoke or paper run never overwrites the committed set."""
+    named = checked_path("--figures-dir", args.figures_dir)
+    if named is not None:
+        return named.absolute()
+    root = project_root() or Path.cwd()
+    if args.profile == "quick":
+        return root / "figures"
+    return run_dir(args.profile, checked_path("--run-dir", args.run_dir)).absolute() / "figures"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:  # every setting is checked before any notebook starts or anything is written
         selected = _selected(args)
-        figures = checked_path("--figures-dir", args.figures_dir).absolute()
+        figures = _figures_dir(args)
         settings = cli.check(args, outputs={"--figures-dir": figures})
+        parameters = {**settings.parameters(), "FIGURES_DIR": str(figures)}
+        for path in selected:  # each notebook takes these parameters: a broken one stops the run before the first
+            check_parameters(path, parameters)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -120,17 +141,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")
     if settings.cache_read_only:  # the kernels build their caches from the environment
         os.environ[READ_ONLY_ENV] = "1"
-    run_dir = settings.run_dir
-    parameters = {**settings.parameters(), "FIGURES_DIR": str(figures)}
-    print(f"profile {args.profile}: {len(selected)} notebook(s); executed copies and results in {run_dir}", flush=True)
+    runs = settings.run_dir
+    print(f"profile {args.profile}: {len(selected)} notebook(s); executed copies and results in {runs}", flush=True)
     times: list[tuple[str, float, str]] = []
     for i, path in enumerate(selected, 1):
         print(f"[{i}/{len(selected)}] {path.name} ...", flush=True)
         try:
-            seconds = run_notebook(path, run_dir / path.name, parameters, progress=sys.stderr.isatty())
+            seconds = run_notebook(path, runs / path.name, parameters, progress=sys.stderr.isatty())
         except Exception as err:  # papermill raises PapermillExecutionError with the cell's traceback
             times.append((path.name, float("nan"), "FAILED"))
-            print(f"{path.name} failed: {err}\nthe executed copy is {run_dir / path.name}", file=sys.stderr)
+            print(f"{path.name} failed: {err}\nthe executed copy is {runs / path.name}", file=sys.stderr)
             _table(times)
             return 1
         times.append((path.name, seconds, "ok"))
@@ -143,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if refresh_readme_table(root / "README.md", export):
                 print(f"README.md: Table 1 refreshed from figures/{export.name}")
         # the website renders these executed copies (make book)
-        book.export_run(run_dir, root / book.EXECUTED, [p.name for p in selected], root=root)
+        book.export_run(runs, root / book.EXECUTED, [p.name for p in selected], root=root)
         print(f"{book.EXECUTED}: the book's copies of {len(selected)} executed notebook(s) refreshed")
     return 0
 

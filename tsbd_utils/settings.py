@@ -109,19 +109,23 @@ def _bound(kind: type, words: str, ok: Callable[[Any], bool]) -> Rule:
     return Rule(lambda v: _finite_number(v) and ok(v), words, f"numbers {words}", f"a finite number {words}")
 
 
+def _num(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"  # an int bound in full (2**32 - 1, not 4.29497e+09)
+
+
 def at_least(low: float, kind: type = float) -> Rule:
     """``>= low``; ``kind`` int asks for an int (never a bool), float for any finite number."""
-    return _bound(kind, f">= {low:g}", lambda v: v >= low)
+    return _bound(kind, f">= {_num(low)}", lambda v: v >= low)
 
 
 def above(low: float, kind: type = float) -> Rule:
     """``> low``; ``kind`` as in :func:`at_least`."""
-    return _bound(kind, f"> {low:g}", lambda v: v > low)
+    return _bound(kind, f"> {_num(low)}", lambda v: v > low)
 
 
 def in_range(low: float, high: float, *, low_open: bool = False, high_open: bool = False, kind: type = float) -> Rule:
     """``low <= v <= high`` ("in [low, high]"); an open end leaves that bound out ("in (low, high)")."""
-    words = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    words = f"in {'(' if low_open else '['}{_num(low)}, {_num(high)}{')' if high_open else ']'}"
     return _bound(kind, words, lambda v: (low < v if low_open else low <= v) and (v < high if high_open else v <= high))
 
 
@@ -146,7 +150,8 @@ def each(rule: Rule, *, length: int | None = None, nonempty: bool = False) -> Ru
 def one_of(choices: Iterable[str]) -> Rule:
     """One of the strings ``choices``."""
     allowed = tuple(choices)
-    return Rule(lambda v: isinstance(v, str) and v in allowed, f"one of {', '.join(allowed)}")
+    return Rule(lambda v: isinstance(v, str) and v in allowed, f"one of {', '.join(allowed)}",
+                f"names from {', '.join(allowed)}")
 
 
 def check_ranges(config: Any, /, **rules: Rule) -> None:

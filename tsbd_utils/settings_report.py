@@ -145,7 +145,7 @@ def format_rows(rows: Sequence[Row], fmt: str = "text") -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; argparse refuses a bad subcommand, profile, dataset or format with exit code 2."""
     parser = argparse.ArgumentParser(prog="python -m tsbd_utils.config", description="Profiles and their settings.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    commands = parser.add_subparsers(dest="command", required=True)
     show = commands.add_parser("show", help="every resolved setting of a profile, and which ones it changes")
     show.add_argument("--profile", default="quick", choices=list(PROFILES), help="default: quick")
     show.add_argument("--dataset", choices=list(DATASET_NAMES), help="default: the profile's")

@@ -25,11 +25,18 @@ from .atomic import atomic_path
 from .defenses import DEFENSES
 
 METRICS = ("ACC", "ASR", "RA", "DER")  # the columns of zoo.evaluation_table, as the paper names them
-CELL_METRICS = ("ACC", "ASR", "DER")  # the paper's cell; RA is an option
+CELL_METRICS = ("ACC", "ASR", "DER")  # the paper's cell; RA is an option (cell_metrics)
 AVERAGE = "average"
 # The paper's Table 1 (CIFAR-10, PreActResNet18): the backdoored models' average ACC and ASR (%). The
 # defenses' averages are kept with each defense (``DefenseSpec.paper_average``).
 PAPER_NO_DEFENSE = (91.34, 97.29)
+
+
+def cell_metrics(ra: bool = False) -> tuple[str, ...]:
+    """The metrics of a table cell: the paper's ACC / ASR / DER, with ``ra`` also RA (robust accuracy)."""
+    if not isinstance(ra, bool):
+        raise ValueError(f"ra (SHOW_RA) must be True or False, got {ra!r}")
+    return ("ACC", "ASR", "RA", "DER") if ra else CELL_METRICS
 
 
 def by_attack(

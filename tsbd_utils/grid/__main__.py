@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import time
 from pathlib import Path
@@ -39,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="CPU threads per cell (default: the cores divided among the local workers; 1 on a cluster)")
     p.add_argument("--address", default=None,
                    help="HOST:PORT of a running `dask scheduler`: run the cells on its workers instead")
-    p.add_argument("--connect-timeout", type=float, default=10.0,
+    p.add_argument("--connect-timeout", type=float, default=None,
                    help="seconds to wait for the scheduler at --address (default 10)")
     p.add_argument("--inline", action="store_true", help="no engine: run the cells one after another in this process")
     p.add_argument("--attacks", nargs="+", default=None, metavar="NAME", help="the table's attacks (default all 8)")
@@ -57,6 +58,8 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, dict, Path, bool]:
     arguments, the folder of the tables and whether the cache is read-only."""
     if args.inline and (args.address or args.workers is not None):
         raise ValueError("--inline runs every cell in this process; it takes neither --workers nor --address")
+    if args.connect_timeout is not None and args.address is None:
+        raise ValueError(f"--connect-timeout {args.connect_timeout} applies to a scheduler at --address; there is none")
     if args.address is not None and args.workers is not None:
         raise ValueError(
             f"--workers {args.workers} with --address {args.address}: a cluster brings its own workers; "
@@ -66,10 +69,11 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, dict, Path, bool]:
     run = cli.check(args, outputs={"--run-dir": out})
     engine: dict = {}
     if args.address is not None:
-        if not args.connect_timeout > 0:
-            raise ValueError(f"--connect-timeout must be > 0 seconds, got {args.connect_timeout}")
+        timeout = 10.0 if args.connect_timeout is None else args.connect_timeout
+        if not (math.isfinite(timeout) and timeout > 0):
+            raise ValueError(f"--connect-timeout must be a finite number of seconds > 0, got {timeout}")
         engine["address"] = check_address(args.address)
-        engine["connect_timeout"] = args.connect_timeout
+        engine["connect_timeout"] = timeout
         threads = 1 if args.threads is None else args.threads  # a GPU cell needs few CPU threads
         if threads < 1:
             raise ValueError(f"--threads must be an int >= 1, got {args.threads!r}")

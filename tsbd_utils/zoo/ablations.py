@@ -27,8 +27,9 @@ from ..defenses import DEFENSES, REINIT_SCHEMES, TSBDConfig, zero_reinit
 from ..defenses.common import clean_accuracy
 from ..defenses.fp import nwc_order
 from ..defenses.reinit import OFFICIAL_SWEEP
+from ..rng import SEED_MAX
 from ..session import Session
-from ..settings import above, at_least, check_ranges, each, in_range, replace_checked, settings
+from ..settings import above, at_least, check_ranges, each, in_range, one_of, replace_checked, settings
 from ..shortcut import PhotometricConfig
 from .defended import CURVE_IMAGES, defended_cached, defense_context, tsbd_model
 from .evaluation import backdoor_evaluation, evaluate_cached, oracle_data, table_row
@@ -56,13 +57,12 @@ class AblationPlan:
     def __post_init__(self) -> None:
         unit = each(in_range(0, 1), nonempty=True)
         share = each(in_range(0, 1, low_open=True, high_open=True), nonempty=True)
+        attacks = each(one_of(ATTACKS), nonempty=True)
         check_ranges(
             self, n_values=unit, m_values=unit, r_values=each(at_least(0), nonempty=True), alpha_values=unit,
-            clean_ratios=share, poison_ratios=share, seeds=each(at_least(0, int)), sweep_images=above(0, int),
+            clean_ratios=share, poison_ratios=share, seeds=each(in_range(0, SEED_MAX, kind=int)),
+            sweep_images=above(0, int), attacks=attacks, poison_attacks=attacks, seed_attacks=attacks,
         )
-        for name in ("attacks", "poison_attacks", "seed_attacks"):
-            for attack in getattr(self, name):
-                ATTACKS.check(attack)
 
     @classmethod
     def for_profile(cls, profile: Profile, **overrides: Any) -> AblationPlan:

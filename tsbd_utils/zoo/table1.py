@@ -49,18 +49,36 @@ VANILLA = "vanilla FT (TSBD's loop)"  # the same-budget control: TSBD's stage 2 
 LIFTS = ("TSBD + lift", "vanilla FT + lift")  # notebook 05's photometric-lift variants (labels of tsbd_runs)
 
 
-def _check_names(what: str, names: Sequence[str], allowed: Sequence[str]) -> list[str]:
-    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"{what} must be a list of names, got {names!r}; allowed: {', '.join(allowed)}")
+def _check_names(what: str, names: Sequence[str], allowed: Sequence[str], *, empty: bool = False) -> list[str]:
+    """``names`` as a list: names of ``allowed``, none repeated, and at least one unless ``empty``; else an error
+    naming the value and the allowed names."""
+    if (isinstance(names, str) or not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names)
+            or not (names or empty)):
+        kind = "list" if empty else "non-empty list"
+        raise ValueError(f"{what} must be a {kind} of names, got {names!r}; allowed: {', '.join(allowed)}")
     bad = [n for n in names if n not in allowed]
     if bad:
         raise ValueError(f"unknown {what} {bad}; allowed: {', '.join(allowed)}")
+    repeated = sorted({n for n in names if list(names).count(n) > 1})
+    if repeated:
+        raise ValueError(f"{what} {repeated} named more than once; allowed: {', '.join(allowed)}")
     return list(names)
 
 
 def check_baselines(baselines: Sequence[str]) -> list[str]:
     """``baselines`` as a list, or an error naming the unknown ones and the allowed (Table 1's eight)."""
     return _check_names("baseline(s)", baselines, BASELINES)
+
+
+def check_matched(defenses: Sequence[str] | None = None) -> list[str]:
+    """The baselines to rerun at TSBD's epoch count (None: :data:`MATCHED`), checked: any of :data:`MATCHABLE`."""
+    return _check_names("same-budget control(s)", MATCHED if defenses is None else defenses, MATCHABLE, empty=True)
+
+
+def check_oracles(defenses: Sequence[str] | None = None) -> list[str]:
+    """The baselines to rerun with the test-set choice (None: :data:`ORACLES`), checked: any of
+    :data:`ORACLE_CHOICES`."""
+    return _check_names("oracle choice(s)", ORACLES if defenses is None else defenses, ORACLE_CHOICES, empty=True)
 
 
 def main_runs(
@@ -89,7 +107,7 @@ def matched_runs(
     session: Session, names: Sequence[str], defenses: Sequence[str], epochs: int
 ) -> dict[str, dict[str, Defended]]:
     """``defenses`` (fine-tuning baselines) with their fine-tuning at ``epochs`` epochs; cached."""
-    _check_names("same-budget control(s)", defenses, MATCHABLE)
+    check_matched(defenses)
     configs = {d: matched_config(session, d, epochs) for d in defenses}
     return {matched_label(d, epochs): {n: defended_model(session, n, d, configs[d]) for n in names} for d in defenses}
 
@@ -97,7 +115,7 @@ def matched_runs(
 def oracle_runs(session: Session, names: Sequence[str], defenses: Sequence[str]) -> dict[str, dict[str, Defended]]:
     """``defenses`` (FP, ANP, RNP) with BackdoorBench's test-set choice of how much to prune: an oracle
     no defender has, reported only as a labelled extra. Cached."""
-    _check_names("oracle choice(s)", defenses, ORACLE_CHOICES)
+    check_oracles(defenses)
     configs = {d: DEFENSES[d].for_profile(session.profile, choice="oracle") for d in defenses}
     return {oracle_label(d): {n: defended_model(session, n, d, configs[d]) for n in names} for d in defenses}
 
@@ -201,7 +219,9 @@ def assemble_table1(
     with ``extras`` also the labelled extras beside it: the clean model's trigger floor, the same-budget controls
     (vanilla FT through TSBD's loop; the ``matched`` baselines at TSBD's epoch count), notebook 05's lift variants
     and the ``oracles``' test-set choices. Everything is read from the cache, or computed and cached on a miss."""
-    names = _check_names("attack(s)", names, list(ATTACKS))
+    names = _check_names("attack(s)", names, list(ATTACKS))  # every name checked before anything is computed
+    check_baselines(baselines)
+    matched, oracles = check_matched(matched), check_oracles(oracles)
     before = len(session.cache.events)
     titles = {n: ATTACKS[n].title for n in names}
     runs = main_runs(session, names, baselines)
