@@ -22,7 +22,7 @@ AS_ROOT = if [ "$$(id -u)" = 0 ]; then SUDO=; \
 .PHONY: help setup data browser reproduce grid lint test test-quick test-paper lab strip clean-cache assignments grade book
 
 help:
-	@echo "make reproduce   run all notebooks (PROFILE=$(PROFILE), more options in ARGS=...), write figures/ and runs/$(PROFILE)/"
+	@echo "make reproduce   run all notebooks (PROFILE=$(PROFILE), more options in ARGS=...) into runs/$(PROFILE)/; quick: figures/ too"
 	@echo "make grid        Table 1's cells in parallel on Dask workers (PROFILE=$(PROFILE); ARGS=\"--workers 2\", --address ...)"
 	@echo "make test        the linter, then unit tests + every notebook in the smoke profile"
 	@echo "make lint        ruff on the package, tests, benchmarks and notebooks (make test runs it first)"

@@ -1,6 +1,7 @@
 """The settings that `python -m tsbd_utils.reproduce` and `python -m tsbd_utils.grid` share: one check, the same
 messages, nothing written when a setting is refused."""
 
+import os
 import re
 from pathlib import Path
 
@@ -154,3 +155,17 @@ def test_the_grids_connect_timeout_is_checked(tmp_path, capsys, extra, message):
     assert grid_cli.main(["--profile", "smoke", "--attacks", "badnets", "--run-dir", str(tmp_path / "runs"),
                           "--cache-dir", str(tmp_path / "cache"), *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_grid_reads_a_cache_folder_it_may_not_write_when_told_so(tmp_path, capsys, monkeypatch):
+    """A shared cache filled by someone else: --cache-read-only is enough, for the checks and the session alike."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: (real_access(p, mode) and not (
+        Path(p) == cache and mode & os.W_OK)))  # as for a user without write permission (tests may run as root)
+    assert _grid(tmp_path, []) == 2  # not read-only: refused, naming the way out
+    assert "set TSBD_CACHE_READ_ONLY=1 (or pass --cache-read-only)" in capsys.readouterr().err
+    assert _grid(tmp_path, ["--cache-read-only"]) == 2  # read-only: every check passes; no cell may run
+    err = capsys.readouterr().err
+    assert "cells have not finished in the read-only cache" in err and "Traceback" not in err

@@ -146,6 +146,9 @@ def test_after_the_grid_notebooks_06_and_07_compute_nothing(tmp_path):
         run_notebook(notebook, tmp_path / "nb" / notebook.name, parameters)
         results = json.loads((tmp_path / "nb" / f"{name[:2]}_results.json").read_text())
         assert results["cache"]["misses"] == 0, (name, results["cache"])
+    for extra in (False, True):  # one author: the grid's exports are notebook 07's, byte for byte
+        grid_csv = table1_file(tmp_path / "run" / "grid", "csv", extra=extra)
+        assert grid_csv.read_bytes() == table1_file(tmp_path / "fig", "csv", extra=extra).read_bytes()
 
 
 @pytest.mark.skipif(cores() < 2, reason="two workers need two cores")

@@ -1,9 +1,9 @@
 """Where Table 1 leaves the suite, named once: its export files and the Markdown rows that others copy.
 
-Notebook 07 and the grid write Table 1 and its labelled extras with
-:func:`tsbd_utils.tables.export_table1`, under the names below; ``make reproduce`` copies the rows of the
-Markdown export into README.md and the book onto its landing page, both with :func:`markdown_rows`. This module
-imports nothing heavy (no torch, no pandas), so the book is built without loading either.
+Notebook 07 and the grid write Table 1 and its labelled extras with :meth:`tsbd_utils.zoo.Table1.export`, under
+the names below; ``make reproduce`` copies the rows of the Markdown export into README.md, and ``make book`` onto
+the book's landing page, both with :func:`markdown_rows`. This module imports nothing heavy (no torch, no pandas),
+so the book is built without loading either.
 """
 
 from __future__ import annotations

@@ -101,7 +101,8 @@ def weight_distance(a: nn.Module, b: nn.Module) -> float:
     return float(total.sqrt())
 
 
-def _as_float_batch(batch: torch.Tensor) -> torch.Tensor:
+def as_float_batch(batch: torch.Tensor) -> torch.Tensor:
+    """A batch of images as float in [0, 1]: uint8 scaled, float checked (finite, in range); else an error."""
     if batch.dtype == torch.uint8:
         return batch.float().div_(255)
     if not batch.is_floating_point():
@@ -139,7 +140,7 @@ def predict(
     try:
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
-                batch = _as_float_batch(images[start : start + batch_size].to(device, non_blocking=True))
+                batch = as_float_batch(images[start : start + batch_size].to(device, non_blocking=True))
                 out.append(model(batch).argmax(1).cpu())
     finally:
         model.train(was_training)

@@ -149,7 +149,7 @@ def loss_and_accuracy(
     try:
         with torch.inference_mode():
             for start in range(0, len(data), batch_size):
-                x = metrics._as_float_batch(data.x[start : start + batch_size].to(device))
+                x = metrics.as_float_batch(data.x[start : start + batch_size].to(device))
                 logits = model(x).float()
                 y = data.y[start : start + batch_size].to(device)
                 losses.append(F.cross_entropy(logits, y, reduction="sum").cpu())

@@ -169,8 +169,10 @@ def start(
     figures_dir: str = "../figures",
     run_dir: str | None = None,
     data_dir: str | None = None,
+    cache_read_only: bool | None = None,
 ) -> Session:
-    """Validate a notebook's parameters and build its :class:`Session`; bad values fail here."""
+    """Validate a notebook's parameters and build its :class:`Session`; bad values fail here. ``cache_read_only``
+    None reads ``$TSBD_CACHE_READ_ONLY`` (the notebooks' way); a command line passes its checked setting."""
     if not (isinstance(notebook, str) and len(notebook) == 2 and notebook.isdigit()):
         raise ValueError(f"notebook must be two digits such as '00', got {notebook!r}")
     check_seed(seed, "SEED")
@@ -180,7 +182,7 @@ def start(
     paths = {name: checked_path(name, value, optional=name != "FIGURES_DIR") for name, value in
              (("CACHE_DIR", cache_dir), ("FIGURES_DIR", figures_dir), ("RUN_DIR", run_dir), ("DATA_DIR", data_dir))}
     checked_named_dir(data_dir)  # DATA_DIR (or $TSBD_DATA_DIR) missing or a file: an error naming it, now
-    cache = Cache.at(cache_dir)  # read-only when $TSBD_CACHE_READ_ONLY says so
+    cache = Cache.at(cache_dir, read_only=cache_read_only)  # None: as $TSBD_CACHE_READ_ONLY says
     figures, runs = paths["FIGURES_DIR"], default_run_dir(resolved.name, run_dir)
     folders = {  # checked before anything is trained or written: a bad folder must not cost a run
         "CACHE_DIR": (cache.root, cache_folder_problem(cache.root, cache.read_only)),

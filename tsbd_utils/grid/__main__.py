@@ -6,14 +6,14 @@
     python -m tsbd_utils.grid --profile smoke --inline                # no engine: one cell after another here
 
 Every cell is keyed in the cache, so a rerun or a resumed run skips the cells that finished, and notebooks 05-07
-then read everything from the cache. The tables go to ``runs/<profile>/grid/`` (``table1``, ``extras``; CSV in
-percent, Markdown, LaTeX) with ``grid.json``: each cell's record, what failed and the run time.
+then read everything from the cache. The tables go to ``runs/<profile>/grid/`` under notebook 07's names
+(``07_table1.*``, ``07_table1_extra.*``: CSV in percent, Markdown, LaTeX) with ``grid.json``: each cell's record,
+what failed and the run time.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import sys
 import time
@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 
 from .. import cli
-from ..cache import Cache
 from ..paths import checked_path, run_dir
 from ..session import start, write_json
 from ..zoo import BASELINES
@@ -92,13 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cells = plan(args.attacks, args.baselines, extras=not args.no_extras)
         settings, engine, out, read_only = _settings(args)
+        S = start("07", profile=settings.profile, dataset=settings.dataset, seed=settings.seed, device=settings.device,
+                  cache_dir=settings.cache_dir, figures_dir=str(out), run_dir=str(out.parent),
+                  data_dir=settings.data_dir, cache_read_only=read_only)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    S = start("07", profile=settings.profile, dataset=settings.dataset, seed=settings.seed, device=settings.device,
-              cache_dir=settings.cache_dir, figures_dir=str(out), run_dir=str(out.parent), data_dir=settings.data_dir)
-    if read_only:  # --cache-read-only (the session reads only $TSBD_CACHE_READ_ONLY)
-        S = dataclasses.replace(S, cache=Cache.at(settings.cache_dir, read_only=True))
     done_before = finished(S, cells)
     todo = [c for c in cells if c.name not in done_before]
     if args.dry_run:

@@ -6,8 +6,8 @@ never mixed in: the trigger's floor on the clean model (notebook 01), the same-b
 cached), the photometric-lift variants of notebook 05, and the oracle (test-set) pruning choices.
 
 Notebook 07 and the grid (:mod:`tsbd_utils.grid`) both call :func:`assemble_table1` and write its exports with
-:meth:`Table1.export`; ``make reproduce`` copies the Markdown export into README.md and the book onto its
-landing page (:mod:`tsbd_utils.exports`).
+:meth:`Table1.export`; ``make reproduce`` copies the Markdown export into README.md, and ``make book`` onto the
+book's landing page (:mod:`tsbd_utils.exports`).
 
 Example:
     >>> t1 = assemble_table1(S, ["badnets", "wanet"])
