@@ -228,7 +228,7 @@ def assemble_table1(
     rows = evaluation_table(session, runs, before=NO_DEFENSE)
     methods = [NO_DEFENSE, *runs]
     table = tables.table1(rows, methods, titles, metrics, before=NO_DEFENSE)
-    extra, extra_runs, groups = None, {}, {}
+    extra, extra_runs, groups, extra_columns = None, {}, {}, []
     if extras:
         epochs = TSBDConfig.for_profile(session.profile).epochs
         stage2 = {n: tsbd_runs(session, n) for n in names}  # notebook 05's four stage-2 runs
@@ -245,6 +245,5 @@ def assemble_table1(
             extra[(FLOOR, "DER")] = np.nan  # a clean model was never backdoored: no DER
     read = session.cache.events[before:]
     p = session.profile
-    return Table1(table, extra, rows, runs, extra_runs, methods, [NO_DEFENSE, FLOOR, *extra_runs] if extras else [],
-                  groups, titles, f"{p.dataset}, {p.name} profile, seed {session.seed}",
-                  (sum(e.hit for e in read), len(read)))
+    return Table1(table, extra, rows, runs, extra_runs, methods, extra_columns, groups, titles,
+                  f"{p.dataset}, {p.name} profile, seed {session.seed}", (sum(e.hit for e in read), len(read)))
