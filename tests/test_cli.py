@@ -49,6 +49,10 @@ BAD = [
     (["--run-dir", "{tmp}/a-file"], r"--run-dir: the folder .*a-file.* cannot be used: .*a-file"),
     (["--run-dir", "{tmp}/loop"], r"--run-dir: the folder .*loop.* cannot be used: .*symbolic link that leads nowhere"),
     (["--run-dir", ""], r"--run-dir must be a folder path \(a non-empty string\), got ''"),
+    # /proc takes no new folders, yet os.access says "writable" to root: the check must try, not ask
+    (["--cache-dir", "/proc/tsbd-test-cache"], r"--cache-dir: the cache folder /proc/tsbd-test-cache cannot be used: "
+                                               r"/proc is not writable \(needed to create /proc/tsbd-test-cache\)"),
+    (["--run-dir", "/proc/tsbd-test-run"], r"--run-dir: the folder /proc/tsbd-test-run.* cannot be used: /proc is not"),
 ]
 
 

@@ -7,6 +7,7 @@ default locations do not depend on the directory a notebook or script runs from.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"  # the course's numbered notebooks (and their executed copies)
@@ -60,8 +61,8 @@ def run_dir(profile: str, explicit: str | os.PathLike | None = None) -> Path:
 
 
 def unusable_folder(path: str | os.PathLike) -> str | None:
-    """Why ``path`` cannot serve as an output folder (None if it can), found without creating anything: an
-    existing path must be a writable folder; a new one needs a writable folder as its nearest existing parent."""
+    """Why ``path`` cannot serve as an output folder (None if it can), found without leaving anything behind:
+    an existing path must be a writable folder; a new one needs a writable folder as its nearest existing parent."""
     folder = Path(path).expanduser().absolute()
     probe = folder
     while not os.path.lexists(probe):  # a broken link or a loop is there as a link, though it leads nowhere
@@ -71,9 +72,19 @@ def unusable_folder(path: str | os.PathLike) -> str | None:
         return f"{probe}{where} is a symbolic link that leads nowhere (broken, or a loop)"
     if not probe.is_dir():
         return f"{probe} is a file, not a folder" if probe == folder else f"{probe}, on the way to {folder}, is a file"
-    if not os.access(probe, os.W_OK | os.X_OK):
+    if not os.access(probe, os.W_OK | os.X_OK) or not _can_create_in(probe):
         return f"{probe} is not writable" + ("" if probe == folder else f" (needed to create {folder})")
     return None
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a folder can really be made in ``folder``: os.access answers yes to root everywhere, even in
+    /proc or on a read-only mount, so the pre-check makes and removes an empty hidden folder."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".tsbd-writable-", dir=folder))
+    except OSError:
+        return False
+    return True
 
 
 def cache_folder_problem(path: str | os.PathLike, read_only: bool = False) -> str | None:
