@@ -199,6 +199,22 @@ def test_a_named_folder_without_the_dataset_is_the_only_place_looked(tmp_path, m
         data.load("fashion_mnist", data_dir=empty, download=False)
 
 
+def test_a_partial_copy_names_the_files_it_lacks(tmp_path, monkeypatch):
+    """A folder with three of Fashion-MNIST's four files (or five of CIFAR-10's six batches) is named with what
+    is missing, not only "not found"."""
+    monkeypatch.delenv("TSBD_DATA_DIR", raising=False)
+    write_fmnist(tmp_path / "fm")
+    (tmp_path / "fm" / "train-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(data.DatasetNotFoundError, match=rf"{tmp_path}/fm holds part of it but lacks "
+                                                        rf"{tmp_path}/fm/train-labels-idx1-ubyte.gz; download=False"):
+        data.load("fashion_mnist", data_dir=tmp_path / "fm", download=False)
+    write_cifar(tmp_path / "c10")
+    (tmp_path / "c10" / "cifar-10-batches-py" / "data_batch_3").unlink()
+    lacks = r"holds part of it but lacks .*cifar-10-batches-py/data_batch_3;"
+    with pytest.raises(data.DatasetNotFoundError, match=lacks):
+        data.load("cifar10", data_dir=tmp_path / "c10", download=False)
+
+
 def test_unknown_dataset_lists_the_allowed_ones():
     with pytest.raises(ValueError, match=r"unknown dataset 'svhn'; allowed: fashion_mnist, cifar10, gtsrb"):
         data.load("svhn")

@@ -115,6 +115,8 @@ def locate(spec: DatasetSpec, data_dir: str | Path | None = None, download: bool
         found = spec.find(folder)
         if found is not None:
             return found
+    partial = [f"{folder} holds part of it but lacks {', '.join(spec.lacks(folder))}" for folder in looked
+               if spec.lacks(folder)]
     reason = "download=False"
     if download:
         target = looked[0] if named is not None else default_download_dir()
@@ -123,7 +125,8 @@ def locate(spec: DatasetSpec, data_dir: str | Path | None = None, download: bool
         except Exception as err:  # no internet, a server error, a checksum mismatch
             reason = f"the torchvision download failed ({type(err).__name__}: {' '.join(str(err).split())})"
     raise DatasetNotFoundError(
-        f"{spec.title} ({spec.name!r}) not found; looked in: {', '.join(map(str, looked))}; {reason}. "
+        f"{spec.title} ({spec.name!r}) not found; looked in: {', '.join(map(str, looked))}; "
+        + "".join(f"{p}; " for p in partial) + f"{reason}. "
         f"To get it: {spec.how_to_get}."
     )
 

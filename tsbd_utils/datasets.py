@@ -35,11 +35,19 @@ class DatasetSpec:
     find: Callable[[Path], Path | None] = field(repr=False, compare=False)  # where in a folder the files are
     read: Callable[[Path, bool], tuple[torch.Tensor, torch.Tensor]] = field(repr=False, compare=False)
     fetch: Callable[[Path], None] = field(repr=False, compare=False)  # torchvision download into a folder
+    # what a folder that holds part of the dataset lacks (nothing when it holds all of it or none of it)
+    lacks: Callable[[Path], list[str]] = field(default=lambda folder: [], repr=False, compare=False)
     how_to_get: str = ""  # shown when the dataset is missing
     system_dirs: tuple[str, ...] = ()  # where an OS package installs it
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
+
+
+def _lacking(needed: dict[str, bool]) -> list[str]:
+    """The absent ones of ``needed`` (path -> present) when some, not all, are present: a partial copy."""
+    absent = [path for path, present in needed.items() if not present]
+    return absent if 0 < len(absent) < len(needed) else []
 
 # ---------------------------------------------------------------- Fashion-MNIST
 _FMNIST_FILES = (
@@ -62,6 +70,14 @@ def _find_fmnist(folder: Path) -> Path | None:
         if all(_idx_file(place, stem) for stem in _FMNIST_FILES):
             return place
     return None
+
+
+def _fmnist_lacks(folder: Path) -> list[str]:
+    for place in (folder, folder / "fashion-mnist", folder / "FashionMNIST" / "raw"):
+        absent = _lacking({str(place / (stem + ".gz")): _idx_file(place, stem) is not None for stem in _FMNIST_FILES})
+        if absent:
+            return absent
+    return []
 
 
 def _read_fmnist(place: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,6 +118,7 @@ DATASETS.register(
         crop_pad=2,
         flip=False,
         find=_find_fmnist,
+        lacks=_fmnist_lacks,
         read=_read_fmnist,
         fetch=_fetch_fmnist,
         system_dirs=("/usr/share/datasets/fashion-mnist",),
@@ -116,10 +133,17 @@ DATASETS.register(
 
 
 # ---------------------------------------------------------------- CIFAR-10
+_CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+
+
 def _find_cifar10(folder: Path) -> Path | None:
     place = folder / "cifar-10-batches-py"
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    return place if all((place / n).is_file() for n in names) else None
+    return place if all((place / n).is_file() for n in _CIFAR10_FILES) else None
+
+
+def _cifar10_lacks(folder: Path) -> list[str]:
+    place = folder / "cifar-10-batches-py"
+    return _lacking({str(place / n): (place / n).is_file() for n in _CIFAR10_FILES})
 
 
 def _fetch_cifar10(root: Path) -> None:
@@ -142,6 +166,7 @@ DATASETS.register(
         crop_pad=4,
         flip=True,
         find=_find_cifar10,
+        lacks=_cifar10_lacks,
         read=readers.read_cifar10,
         fetch=_fetch_cifar10,
         how_to_get=(
@@ -200,10 +225,21 @@ _GTSRB_CLASSES = (
 )
 
 
-def _find_gtsrb(folder: Path) -> Path | None:
+def _gtsrb_parts(folder: Path) -> dict[str, bool]:
     base = folder / "gtsrb"
-    ok = (base / "GTSRB" / "Training").is_dir() and (base / "GTSRB" / "Final_Test" / "Images").is_dir()
-    return folder if ok and (base / "GT-final_test.csv").is_file() else None
+    return {
+        str(base / "GTSRB" / "Training"): (base / "GTSRB" / "Training").is_dir(),
+        str(base / "GTSRB" / "Final_Test" / "Images"): (base / "GTSRB" / "Final_Test" / "Images").is_dir(),
+        str(base / "GT-final_test.csv"): (base / "GT-final_test.csv").is_file(),
+    }
+
+
+def _find_gtsrb(folder: Path) -> Path | None:
+    return folder if all(_gtsrb_parts(folder).values()) else None
+
+
+def _gtsrb_lacks(folder: Path) -> list[str]:
+    return _lacking(_gtsrb_parts(folder))
 
 
 def _fetch_gtsrb(root: Path) -> None:
@@ -227,6 +263,7 @@ DATASETS.register(
         crop_pad=4,
         flip=False,  # flipping turns "keep left" into "keep right"
         find=_find_gtsrb,
+        lacks=_gtsrb_lacks,
         read=readers.read_gtsrb,
         fetch=_fetch_gtsrb,
         how_to_get=(
