@@ -1,5 +1,7 @@
 import json
+import os
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -8,7 +10,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from tsbd_utils import cache as cache_mod, models, paths
+from tsbd_utils import atomic, cache as cache_mod, models, paths
 from tsbd_utils.cache import Cache
 
 
@@ -124,6 +126,20 @@ def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         cache.store("model", {"k": 1}, make_value())
     assert list((tmp_path / "model").iterdir()) == []
+
+
+def test_a_killed_writers_old_temporary_file_goes_at_the_next_write_a_young_one_stays(tmp_path):
+    cache = Cache(tmp_path)
+    entry = cache.path("model", {"k": 1})
+    entry.parent.mkdir(parents=True)
+    old, young = entry.parent / f".{entry.name}.killed.tmp", entry.parent / f".{entry.name}.writing.tmp"
+    for leftover in (old, young):
+        leftover.write_bytes(b"half an entry")
+    day_ago = time.time() - atomic.STALE_SECONDS - 60
+    os.utime(old, (day_ago, day_ago))
+    cache.store("model", {"k": 1}, make_value())
+    assert not old.exists() and young.exists()  # a younger one may belong to a writer at work right now
+    assert cache.load("model", {"k": 1}) is not None
 
 
 def test_entries_are_safetensors_with_a_json_header_no_pickle(tmp_path):
