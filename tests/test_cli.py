@@ -151,7 +151,7 @@ def test_a_smoke_run_writes_its_figures_beside_its_results_not_over_the_committe
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--connect-timeout", "5"], "--connect-timeout 5.0 applies to a scheduler at --address; there is none"),
+    (["--connect-timeout", "5"], "--connect-timeout 5.0 applies to a scheduler at --address; there is none (give "),
     (["--address", "127.0.0.1:1", "--connect-timeout", "inf"], "--connect-timeout must be a finite number of seconds"),
     (["--address", "127.0.0.1:1", "--connect-timeout", "0"], "--connect-timeout must be a finite number of seconds"),
 ])

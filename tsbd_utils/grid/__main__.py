@@ -58,7 +58,8 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, dict, Path, bool]:
     if args.inline and (args.address or args.workers is not None):
         raise ValueError("--inline runs every cell in this process; it takes neither --workers nor --address")
     if args.connect_timeout is not None and args.address is None:
-        raise ValueError(f"--connect-timeout {args.connect_timeout} applies to a scheduler at --address; there is none")
+        raise ValueError(f"--connect-timeout {args.connect_timeout} applies to a scheduler at --address; there is none "
+                         "(give --address HOST:PORT, or leave --connect-timeout out)")
     if args.address is not None and args.workers is not None:
         raise ValueError(
             f"--workers {args.workers} with --address {args.address}: a cluster brings its own workers; "
