@@ -49,6 +49,7 @@ def _lacking(needed: dict[str, bool]) -> list[str]:
     absent = [path for path, present in needed.items() if not present]
     return absent if 0 < len(absent) < len(needed) else []
 
+
 # ---------------------------------------------------------------- Fashion-MNIST
 _FMNIST_FILES = (
     "train-images-idx3-ubyte",

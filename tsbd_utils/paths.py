@@ -88,7 +88,7 @@ def _can_create_in(folder: Path) -> bool:
 
 
 def cache_folder_problem(path: str | os.PathLike, read_only: bool = False) -> str | None:
-    """Why ``path`` cannot serve as the cache (None if it can), found without creating anything. A cache is
+    """Why ``path`` cannot serve as the cache (None if it can), found without leaving anything behind. A cache is
     written to, so it must be a usable output folder; a read-only cache must be an existing folder."""
     folder = Path(path).expanduser().absolute()
     if read_only:
