@@ -20,7 +20,8 @@ LAYERS = [
     ("methods", {"attacks", "defenses"}),
     ("results", {"session", "tables"}),
     ("zoo", {"zoo", "probes"}),
-    ("applications", {"explorers", "exercises", "grid", "cli", "reproduce", "book", "assignments", "settings_report"}),
+    ("applications", {"explorers", "exercises", "grid", "cli", "reproduce", "book", "assignments", "settings_report",
+                      "bundle"}),
 ]
 LEVEL = {name: i for i, (_, names) in enumerate(LAYERS) for name in names}
 MAX_LINES = 400

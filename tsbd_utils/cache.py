@@ -49,6 +49,7 @@ Compute = Callable[[], Artifact]  # what computes a value on a miss
 Info = Callable[[], dict[str, Any]]  # provenance to store beside a value computed on a miss
 Check = Callable[[Artifact], str | None]  # why a readable stored value is stale, or None (see Cache.load)
 _KIND = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+ENTRY_NAME = re.compile(r"^([a-z0-9][a-z0-9_-]*)/([0-9a-f]{32})\.safetensors$")  # <kind>/<key>.safetensors
 
 
 def canonical(value: Any) -> Any:
@@ -95,6 +96,39 @@ def _fields_text(fields: Any) -> str:
     return json.dumps(canonical(fields), sort_keys=True)
 
 
+def key_of(kind: str, fields: Any, version: str = __version__) -> str:
+    """The key of an entry: a hash of its kind, the package's cache version and its canonical fields."""
+    if not _KIND.match(kind):
+        raise ValueError(f"cache kind {kind!r} must be lower-case letters, digits, '-' or '_'")
+    text = json.dumps({"kind": kind, "version": version, "fields": canonical(fields)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def read_entry(path: Path, kind: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """An entry's metadata and tensors, once its stored kind and key (against the file name), its checksum and its
+    seal are checked; anything else raises (safetensors' own error for a truncated or garbled file)."""
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata() or {}
+    tensors = load_file(str(path))
+    if meta.get("tsbd.key") != path.stem or meta.get("tsbd.kind") != kind:
+        raise ValueError("the stored key does not match the file name")
+    if _digest(tensors, meta["tsbd.json"]) != meta["tsbd.digest"]:
+        raise ValueError("the content does not match its checksum")
+    if "tsbd.seal" not in meta:  # its provenance could have been edited with nothing to tell
+        raise ValueError("it carries no seal (written by an older version, or its seal was removed)")
+    if _seal(meta) != meta["tsbd.seal"]:
+        raise ValueError("its fields or provenance do not match the seal (the entry was edited)")
+    return meta, tensors
+
+
+def entry_version_problem(meta: dict[str, str], version: str = __version__) -> str | None:
+    """Why an entry that :func:`read_entry` accepted would never be read by this package (None if it would be):
+    its key must be what this version computes from the fields it stores."""
+    if key_of(meta["tsbd.kind"], json.loads(meta["tsbd.fields"]), version) != meta["tsbd.key"]:
+        return f"its key is not the one cache version {version} gives its fields (another version made it)"
+    return None
+
+
 def _digest(tensors: dict[str, torch.Tensor], payload: str) -> str:
     sha = hashlib.sha256(payload.encode())
     for name in sorted(tensors):
@@ -133,10 +167,7 @@ class Cache:
         return cls(cache_dir(explicit), read_only=read_only_from_env() if read_only is None else read_only)
 
     def key(self, kind: str, fields: Any) -> str:
-        if not _KIND.match(kind):
-            raise ValueError(f"cache kind {kind!r} must be lower-case letters, digits, '-' or '_'")
-        text = json.dumps({"kind": kind, "version": self.version, "fields": canonical(fields)}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:32]
+        return key_of(kind, fields, self.version)
 
     def path(self, kind: str, fields: Any) -> Path:
         return self.root / kind / f"{self.key(kind, fields)}.safetensors"
@@ -150,21 +181,10 @@ class Cache:
         if not path.is_file():
             return None
         try:
-            with safe_open(str(path), framework="pt") as handle:
-                meta = handle.metadata() or {}
-            tensors = load_file(str(path))
-            payload = meta["tsbd.json"]
-            if meta.get("tsbd.key") != path.stem or meta.get("tsbd.kind") != kind:
-                raise ValueError("the stored key does not match the file name")
-            if _digest(tensors, payload) != meta["tsbd.digest"]:
-                raise ValueError("the content does not match its checksum")
-            if "tsbd.seal" not in meta:  # its provenance could have been edited with nothing to tell
-                raise ValueError("it carries no seal (written by an older version, or its seal was removed)")
-            if _seal(meta) != meta["tsbd.seal"]:
-                raise ValueError("its fields or provenance do not match the seal (the entry was edited)")
+            meta, tensors = read_entry(path, kind)
             if meta.get("tsbd.fields") != _fields_text(fields):
                 raise ValueError("the fields it stores are not the fields asked for")
-            value: Artifact = {**json.loads(payload), **tensors}
+            value: Artifact = {**json.loads(meta["tsbd.json"]), **tensors}
             info = json.loads(meta.get("tsbd.info", "{}"))
             problem = check(value) if check is not None else None
             if problem:

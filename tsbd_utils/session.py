@@ -129,6 +129,8 @@ class Session:
             "cache": {
                 "hits": sum(e.hit for e in self.cache.events),
                 "misses": sum(not e.hit for e in self.cache.events),
+                # what this notebook read or wrote: a bundle of its entries (tsbd_utils.bundle) serves it again
+                "entries": sorted({f"{e.kind}/{e.key}" for e in self.cache.events}),
             },
         }
         return write_json(self.run_dir / f"{self.notebook}_results.json", value)
