@@ -19,11 +19,13 @@ CHROMIUM_VERSION ?= 156.0.8078.114-1~deb12u1
 AS_ROOT = if [ "$$(id -u)" = 0 ]; then SUDO=; \
 	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi
 
-.PHONY: help setup data browser reproduce grid lint test test-quick test-paper lab strip clean-cache assignments grade book
+.PHONY: help setup data browser reproduce grid bundle import-bundle lint test test-quick test-paper lab strip clean-cache assignments grade book
 
 help:
 	@echo "make reproduce   run all notebooks (PROFILE=$(PROFILE), more options in ARGS=...) into runs/$(PROFILE)/; quick: figures/ too"
 	@echo "make grid        Table 1's cells in parallel on Dask workers (PROFILE=$(PROFILE); ARGS=\"--workers 2\", --address ...)"
+	@echo "make bundle      the cache entries of the notebooks' last runs in one file for a class (PROFILE=$(PROFILE))"
+	@echo "make import-bundle BUNDLE=file.zip   check a bundle, then place its entries in the cache (.cache/)"
 	@echo "make test        the linter, then unit tests + every notebook in the smoke profile"
 	@echo "make lint        ruff on the package, tests, benchmarks and notebooks (make test runs it first)"
 	@echo "make test-quick  slower checks of real quick-profile results"
@@ -79,6 +81,14 @@ reproduce: setup
 
 grid: setup
 	$(PY) -m tsbd_utils.grid --profile $(PROFILE) $(ARGS)
+
+# Bundles of the cache (notebooks/INSTRUCTORS.md): the instructor exports after `make reproduce`; a learner imports.
+bundle: setup
+	$(PY) -m tsbd_utils.bundle export --profile $(PROFILE) $(ARGS)
+
+import-bundle: setup
+	@test -n "$(BUNDLE)" || { echo "usage: make import-bundle BUNDLE=<bundle .zip> [ARGS='--cache-dir DIR']"; exit 2; }
+	$(PY) -m tsbd_utils.bundle import "$(BUNDLE)" $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tsbd_utils tests benchmarks notebooks

@@ -10,7 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tsbd_utils import metrics, paths, reproduce
+from tsbd_utils import bundle, metrics, paths, reproduce
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = paths.notebooks(NOTEBOOKS_DIR)
@@ -311,12 +311,19 @@ def _run(path: Path, tmp: Path, cache_dir: str, **extra) -> tuple[dict, nbformat
     return results, executed, figures
 
 
+@pytest.fixture(scope="session")
+def smoke_runs(tmp_path_factory) -> Path:
+    """The results files of this session's smoke runs, one per notebook: a bundle is chosen from them."""
+    return tmp_path_factory.mktemp("smoke-runs")
+
+
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs_in_the_smoke_profile(path, tmp_path, cache_dir):
+def test_notebook_runs_in_the_smoke_profile(path, tmp_path, cache_dir, smoke_runs):
     number = path.name[:2]
     committed = {p.name: p.stat().st_mtime_ns for p in (NOTEBOOKS_DIR.parent / "figures").glob("*.png")}
     results, executed, figures = _run(path, tmp_path, cache_dir)
+    (smoke_runs / f"{number}_results.json").write_text(json.dumps(results))
     assert committed == {p.name: p.stat().st_mtime_ns for p in (NOTEBOOKS_DIR.parent / "figures").glob("*.png")}
     errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
@@ -350,3 +357,33 @@ def test_a_second_run_of_the_defenses_is_read_from_the_cache(tmp_path, cache_dir
     second, _, _ = _run(NOTEBOOKS_DIR / "06_baseline_defenses.ipynb", tmp_path / "b", cache_dir, **subset)
     assert second["cache"]["misses"] == 0 and second["cache"]["hits"] > 0
     assert second["results"]["runs"] == first["results"]["runs"]  # numbers, records and times, all read back
+
+
+def _without_cache_state(value):
+    """A results value without what says whether it was computed or read (the same numbers either way)."""
+    if isinstance(value, dict):
+        return {k: _without_cache_state(v) for k, v in value.items() if k != "loaded_from_cache"}
+    if isinstance(value, list):
+        return [_without_cache_state(v) for v in value]
+    return value
+
+
+@pytest.mark.notebook
+def test_a_bundle_of_the_smoke_suite_serves_every_notebook_with_no_miss(tmp_path, cache_dir, smoke_runs):
+    """Export the entries the smoke runs used, import them into an empty cache: every notebook then runs with no
+    miss and writes the same results."""
+    for path in NOTEBOOKS:  # run alone (pytest -k), this test makes the runs it bundles
+        if not (smoke_runs / f"{path.name[:2]}_results.json").is_file():
+            results, _, _ = _run(path, tmp_path / "first" / path.name[:2], cache_dir)
+            (smoke_runs / f"{path.name[:2]}_results.json").write_text(json.dumps(results))
+    archive = tmp_path / "smoke.zip"
+    manifest = bundle.export(Path(cache_dir), smoke_runs, archive, profile="smoke")
+    assert manifest["notebooks"] == [p.name[:2] for p in NOTEBOOKS]
+    report = bundle.import_bundle(archive, tmp_path / "fresh", profile="smoke")
+    assert len(report.placed) == len(manifest["entries"]) and not report.stale
+    for path in NOTEBOOKS:
+        number = path.name[:2]
+        again, _, _ = _run(path, tmp_path / "again" / number, str(tmp_path / "fresh"))
+        assert again["cache"]["misses"] == 0, (number, again["cache"]["misses"])
+        first = json.loads((smoke_runs / f"{number}_results.json").read_text())
+        assert _without_cache_state(again["results"]) == _without_cache_state(first["results"]), number
