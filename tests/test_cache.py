@@ -44,6 +44,30 @@ def test_miss_then_hit_returns_the_same_value(tmp_path):
     assert cache.info("model", {"attack": "badnets", "seed": 0})["compute_seconds"] >= 0
 
 
+def test_nested_lookups_are_counted_once_in_exclusive_seconds(tmp_path):
+    """An evaluation that needs a model computes it inside its own computation: the model's seconds are the
+    model's, the evaluation's exclusive seconds are what it did itself, and a read inside counts as a read."""
+    cache = Cache(tmp_path)
+    cache.get_or_compute("model", {"role": "clean", "i": 0}, lambda: {"w": torch.zeros(2)})  # stored beforehand
+
+    def model():
+        time.sleep(0.2)
+        return {"w": torch.ones(2)}
+
+    def evaluation():
+        cache.get_or_compute("model", {"role": "backdoor"}, model)
+        cache.get_or_compute("model", {"role": "clean", "i": 0}, lambda: pytest.fail("stored, must be read"))
+        time.sleep(0.1)
+        return {"acc": 0.5}
+
+    cache.get_or_compute("evaluation", {"model": {"role": "backdoor"}}, evaluation)
+    _, inner, read, outer = cache.events
+    assert (inner.role, read.role, outer.role) == ("backdoor", "clean", "backdoor") and read.hit
+    assert 0.2 <= inner.exclusive < 0.3 and outer.seconds >= 0.3
+    assert 0.1 <= outer.exclusive < 0.2  # the nested model and read are not counted again
+    assert abs(outer.seconds - outer.exclusive - inner.exclusive - read.exclusive) < 0.02
+
+
 @dataclass(frozen=True)
 class Recipe:
     epochs: int

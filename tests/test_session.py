@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tsbd_utils import device, session
+from tsbd_utils.cache import CacheEvent
 
 
 def test_resolve_device():
@@ -108,3 +109,13 @@ def test_importing_the_session_or_the_device_module_loads_no_plotting():
             "print(sorted(m for m in ('seaborn', 'tsbd_utils.plotting') if m in sys.modules))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "[]", run.stdout
+
+
+def test_seconds_by_kind_counts_each_lookup_once_by_kind_and_role():
+    events = [CacheEvent("model", "a", False, 5.0, 5.0, "clean"), CacheEvent("model", "b", True, 0.1, 0.1, "clean"),
+              CacheEvent("evaluation", "c", False, 7.0, 2.0, "backdoor"), CacheEvent("trigger", "d", False, 1.0, 1.0)]
+    assert session.seconds_by_kind(events) == {
+        "evaluation backdoor": {"computed": 1, "compute_seconds": 2.0, "read": 0, "read_seconds": 0.0},
+        "model clean": {"computed": 1, "compute_seconds": 5.0, "read": 1, "read_seconds": 0.1},
+        "trigger": {"computed": 1, "compute_seconds": 1.0, "read": 0, "read_seconds": 0.0},
+    }

@@ -143,7 +143,19 @@ class CacheEvent:
     kind: str
     key: str
     hit: bool
-    seconds: float
+    seconds: float  # reading the entry (a hit) or computing it (a miss), lookups nested in the computation included
+    exclusive: float = 0.0  # ``seconds`` less the lookups nested in it: summed over events, nothing counts twice
+    role: str | None = None  # the fields' "role" (or their model's): "clean", "backdoor", "tsbd", "ft", ...
+
+
+def _role(fields: Any) -> str | None:
+    """What an entry is about, for accounting: the fields' "role", else the role of the model they name."""
+    if isinstance(fields, dict):
+        role = fields.get("role")
+        if role is None and isinstance(fields.get("model"), dict):
+            role = fields["model"].get("role")
+        return role if isinstance(role, str) else None
+    return None
 
 
 @dataclass
@@ -159,6 +171,8 @@ class Cache:
     version: str = __version__
     events: list[CacheEvent] = field(default_factory=list)
     read_only: bool = False  # never write or delete: recompute what is missing or damaged, and warn
+    # seconds of the lookups made inside each computation in progress (innermost last), for CacheEvent.exclusive
+    _nested: list[float] = field(default_factory=list, repr=False, compare=False)
 
     @classmethod
     def at(cls, explicit: str | os.PathLike | None = None, read_only: bool | None = None) -> Cache:
@@ -254,9 +268,15 @@ class Cache:
         start = time.perf_counter()
         loaded = self.load(kind, fields, check)
         if loaded is not None:
-            self.events.append(CacheEvent(kind, self.key(kind, fields), True, time.perf_counter() - start))
+            seconds = time.perf_counter() - start
+            self._account(seconds)
+            self.events.append(CacheEvent(kind, self.key(kind, fields), True, seconds, seconds, _role(fields)))
             return loaded
-        value = compute()
+        self._nested.append(0.0)
+        try:
+            value = compute()
+        finally:
+            nested = self._nested.pop()
         if not isinstance(value, dict):
             raise TypeError(f"compute() for cache kind {kind!r} must return a dict, got {type(value).__name__}")
         seconds = time.perf_counter() - start
@@ -266,8 +286,15 @@ class Cache:
             **(info() if info else {}),
         }
         self.store_or_warn(kind, fields, value, extra)
-        self.events.append(CacheEvent(kind, self.key(kind, fields), False, seconds))
+        total = time.perf_counter() - start  # the write included
+        self._account(total)
+        self.events.append(CacheEvent(kind, self.key(kind, fields), False, seconds, total - nested, _role(fields)))
         return value, extra
+
+    def _account(self, seconds: float) -> None:
+        """Count a lookup's time as nested in the computation that made it, if any."""
+        if self._nested:
+            self._nested[-1] += seconds
 
     def info(self, kind: str, fields: Any) -> dict[str, Any] | None:
         """The provenance stored with an entry (compute time, device, ...), or None."""

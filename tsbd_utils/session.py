@@ -24,12 +24,25 @@ import torch
 
 from . import __version__
 from .atomic import atomic_path
-from .cache import Cache
+from .cache import Cache, CacheEvent
 from .config import Profile, resolve
 from .data import Splits, checked_named_dir, prepare_for
 from .device import configure_threads, resolve_device
 from .paths import cache_folder_problem, checked_path, project_root, run_dir as default_run_dir, unusable_folder
 from .rng import check_seed
+
+
+def seconds_by_kind(events: list[CacheEvent]) -> dict[str, dict[str, float]]:
+    """Where a run's cached work went: per kind of entry (and its role: "model clean", "model tsbd", "evaluation
+    backdoor", ...), how many were computed and read and their seconds, each counted once (lookups nested in a
+    computation are its own rows, not part of it). The rest of a notebook's time is work outside the cache."""
+    table: dict[str, dict[str, float]] = {}
+    for e in events:
+        row = table.setdefault(f"{e.kind} {e.role}" if e.role else e.kind,
+                               {"computed": 0, "compute_seconds": 0.0, "read": 0, "read_seconds": 0.0})
+        row["read" if e.hit else "computed"] += 1
+        row["read_seconds" if e.hit else "compute_seconds"] += round(e.exclusive, 3)
+    return dict(sorted(table.items()))
 
 
 def git_commit() -> str | None:
@@ -131,6 +144,7 @@ class Session:
                 "misses": sum(not e.hit for e in self.cache.events),
                 # what this notebook read or wrote: a bundle of its entries (tsbd_utils.bundle) serves it again
                 "entries": sorted({f"{e.kind}/{e.key}" for e in self.cache.events}),
+                "seconds": seconds_by_kind(self.cache.events),
             },
         }
         return write_json(self.run_dir / f"{self.notebook}_results.json", value)
