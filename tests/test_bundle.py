@@ -94,6 +94,15 @@ def _edit_key(name, data):
         yield name, data
 
 
+def _shrink_size(name, data):
+    """The manifest promises a tiny entry: the import must not unpack more than it promised."""
+    if name == bundle.MANIFEST:
+        manifest = json.loads(data)
+        manifest["entries"][0]["size"] = 10
+        data = json.dumps(manifest).encode()
+    yield name, data
+
+
 def _foreign(name, data):
     yield f"photos/{Path(name).name}", data
 
@@ -103,6 +112,7 @@ def _foreign(name, data):
     ("truncate", r"entry model/[0-9a-f]{32}\.safetensors does not match its manifest"),
     ("key", r"entry model/0{32}\.safetensors fails the cache's checks .*stored key does not match the file name"),
     ("flip-stored", r"entry model/[0-9a-f]{32}\.safetensors is damaged \(BadZipFile: Bad CRC-32"),
+    ("size", r"entry model/[0-9a-f]{32}\.safetensors does not match its manifest \(size \d+ for 10,"),
     ("foreign", r"is a zip file but not a bundle of this course \(it has no manifest\.json\)"),
     ("not-zip", r"is not a bundle: not a zip file"),
     ("empty", r"is an empty file"),
@@ -127,6 +137,8 @@ def test_a_bad_bundle_is_refused_naming_what_is_wrong_and_nothing_is_written(mad
             info = archive.getinfo(archive.namelist()[1])
         raw[info.header_offset + 200] ^= 0x01
         bad.write_bytes(bytes(raw))
+    elif damage == "size":
+        _rewrite(out, bad, _shrink_size)
     elif damage == "foreign":
         _rewrite(out, bad, _foreign)
     elif damage == "not-zip":

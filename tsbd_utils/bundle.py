@@ -183,12 +183,16 @@ def _stage(archive: zipfile.ZipFile, entry: dict[str, Any], staging: Path, path:
     name = entry["name"]
     target = staging / name
     target.parent.mkdir(parents=True, exist_ok=True)
-    sha, size = hashlib.sha256(), 0
+    sha, size, limit = hashlib.sha256(), 0, entry.get("size")
+    if not isinstance(limit, int) or limit < 0:
+        raise BundleError(f"{path}: entry {name} has no valid size in the manifest ({limit!r})")
     try:
         with archive.open(name) as source, open(target, "wb") as sink:
             for block in iter(lambda: source.read(_CHUNK), b""):
                 sha.update(block)
                 size += len(block)
+                if size > limit:  # never unpack more than the manifest promised (a crafted archive could)
+                    break
                 sink.write(block)
     except (zipfile.BadZipFile, OSError, EOFError) as err:  # a damaged member fails its CRC or its deflate stream
         raise BundleError(f"{path}: entry {name} is damaged ({type(err).__name__}: {err})") from None
