@@ -28,7 +28,8 @@ def made(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
     for number, used in (("00", used_by[:1]), ("01", used_by[:2])):
-        record = {"provenance": {"profile": "smoke", "seed": 0, "dataset": "fashion_mnist"},
+        record = {"provenance": {"profile": "smoke", "seed": 0, "dataset": "fashion_mnist", "git_commit": "abc",
+                                 "versions": {"torch": "2.14.1"}},
                   "cache": {"hits": 0, "misses": len(used), "entries": used}}
         (runs / f"{number}_results.json").write_text(json.dumps(record))
     out = tmp_path / "b.zip"
@@ -42,6 +43,8 @@ def test_export_holds_the_entries_the_runs_used_with_a_manifest(made):
     assert [e["name"] for e in manifest["entries"]] == sorted(names[:2])  # the third, unused, stays out
     assert {e["name"]: e["notebooks"] for e in manifest["entries"]}[names[0]] == ["00", "01"]
     assert manifest["versions"]["tsbd_utils"] and manifest["versions"]["torch"] and len(manifest["settings"]) > 50
+    assert manifest["dataset"] == "fashion_mnist" and manifest["runs"]["01"]["git_commit"] == "abc"
+    assert manifest["runs"]["00"]["versions"] == {"torch": "2.14.1"}
     with zipfile.ZipFile(out) as archive:
         assert archive.namelist() == [bundle.MANIFEST, *sorted(names[:2])]
         assert all(archive.read(n) == (cache.root / n).read_bytes() for n in names[:2])

@@ -63,7 +63,7 @@ class ImportReport:
     def summary(self) -> str:
         m = self.manifest
         lines = [f"bundle of profile {m.get('profile')}, seed {m.get('seed')}, dataset {m.get('dataset')}, notebooks "
-                 f"{', '.join(m.get('notebooks', []))}; made at commit {m.get('commit')}",
+                 f"{', '.join(m.get('notebooks', []))}; exported at commit {m.get('commit')}",
                  f"placed {len(self.placed)} entries, {len(self.present)} already in the cache, "
                  f"{len(self.stale)} not imported"]
         lines += [f"  not imported: {name}: {why}" for name, why in sorted(self.stale.items())]
@@ -140,9 +140,14 @@ def export(cache_root: Path, run_dir: Path, out: Path, *, profile: str = "quick"
     import torch
     import torchvision
 
+    runs = {n: json.loads((run_dir / f"{n}_results.json").read_text())["provenance"] for n in chosen}
     manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "profile": profile, "seed": seed, "dataset": dataset,
-        "notebooks": chosen, "commit": git_commit(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "format": FORMAT, "format_version": FORMAT_VERSION, "profile": profile, "seed": seed,
+        "dataset": dataset or runs[chosen[0]].get("dataset"), "notebooks": chosen,
+        # the exporting checkout, then each run's own commit and versions (what the entries were computed with)
+        "commit": git_commit(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "runs": {n: {k: prov.get(k) for k in ("git_commit", "versions", "device", "device_name")}
+                 for n, prov in runs.items()},
         "versions": {"tsbd_utils": __version__, "python": platform.python_version(), "torch": torch.__version__,
                      "torchvision": torchvision.__version__},
         "settings": _settings_rows(profile, dataset), "entries": entries,
