@@ -88,10 +88,11 @@ def _settings_rows(profile: str, dataset: str | None) -> list[str]:
     return [f"{r.section}: {r.setting} = {r.value!r}" for r in resolved_settings(profile, dataset)]
 
 
-def needed_entries(run_dir: Path, notebooks: list[str], profile: str, seed: int, dataset: str | None
-                   ) -> dict[str, list[str]]:
-    """Entry name -> the notebooks that used it, read from the notebooks' last runs in ``run_dir``."""
-    needed: dict[str, list[str]] = {}
+def read_runs(run_dir: Path, notebooks: list[str], profile: str, seed: int, dataset: str | None
+              ) -> dict[str, dict[str, Any]]:
+    """The results files of the notebooks' last runs in ``run_dir``, by notebook, once each is known to be a run of
+    ``profile``, ``seed`` and ``dataset`` that lists its cache entries."""
+    runs = {}
     for number in notebooks:
         record = run_dir / f"{number}_results.json"
         rerun = f"run it first: python -m tsbd_utils.reproduce --profile {profile} --seed {seed} --only {number}"
@@ -103,11 +104,18 @@ def needed_entries(run_dir: Path, notebooks: list[str], profile: str, seed: int,
         found = {k: prov.get(k) for k in asked}
         if found != asked:
             raise BundleError(f"the run of notebook {number} in {run_dir} was made with {found}, not {asked}; {rerun}")
-        entries = run.get("cache", {}).get("entries")
-        if entries is None:
+        if run.get("cache", {}).get("entries") is None:
             raise BundleError(f"the run of notebook {number} in {run_dir} does not list its cache entries (an older "
                               f"version wrote it); {rerun}")
-        for entry in entries:  # "<kind>/<key>"
+        runs[number] = run
+    return runs
+
+
+def needed_entries(runs: dict[str, dict[str, Any]], run_dir: Path) -> dict[str, list[str]]:
+    """Entry name -> the notebooks that used it, from the runs of :func:`read_runs`."""
+    needed: dict[str, list[str]] = {}
+    for number, run in runs.items():
+        for entry in run["cache"]["entries"]:  # "<kind>/<key>"
             name = f"{entry}.safetensors"
             if not ENTRY_NAME.match(name):
                 raise BundleError(f"the run of notebook {number} in {run_dir} lists {entry!r}, not a cache entry")
@@ -124,7 +132,8 @@ def export(cache_root: Path, run_dir: Path, out: Path, *, profile: str = "quick"
     chosen = notebooks or sorted(p.name[:2] for p in run_dir.glob("[0-9][0-9]_results.json"))
     if not chosen:
         raise BundleError(f"no notebook has run in {run_dir}; run `make reproduce` (or the notebooks) first")
-    needed = needed_entries(run_dir, chosen, profile, seed, dataset)
+    runs = read_runs(run_dir, chosen, profile, seed, dataset)
+    needed = needed_entries(runs, run_dir)
     entries = []
     for name, users in sorted(needed.items()):
         kind, key = ENTRY_NAME.match(name).groups()
@@ -140,14 +149,13 @@ def export(cache_root: Path, run_dir: Path, out: Path, *, profile: str = "quick"
     import torch
     import torchvision
 
-    runs = {n: json.loads((run_dir / f"{n}_results.json").read_text())["provenance"] for n in chosen}
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "profile": profile, "seed": seed,
-        "dataset": dataset or runs[chosen[0]].get("dataset"), "notebooks": chosen,
+        "dataset": dataset or runs[chosen[0]]["provenance"].get("dataset"), "notebooks": chosen,
         # the exporting checkout, then each run's own commit and versions (what the entries were computed with)
         "commit": git_commit(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "runs": {n: {k: prov.get(k) for k in ("git_commit", "versions", "device", "device_name")}
-                 for n, prov in runs.items()},
+        "runs": {n: {k: run["provenance"].get(k) for k in ("git_commit", "versions", "device", "device_name")}
+                 for n, run in runs.items()},
         "versions": {"tsbd_utils": __version__, "python": platform.python_version(), "torch": torch.__version__,
                      "torchvision": torchvision.__version__},
         "settings": _settings_rows(profile, dataset), "entries": entries,
@@ -242,17 +250,17 @@ def import_bundle(path: Path, cache_root: Path, profile: str | None = None) -> I
                 if problem:
                     report.stale[entry["name"]] = problem
                 else:
-                    ready.append((staged, cache_root / entry["name"]))
-            for staged, target in ready:  # all checked: now each entry appears whole, by an atomic rename
-                target.parent.mkdir(exist_ok=True)
-                os.replace(staged, target)
-                report.placed.append(f"{target.parent.name}/{target.name}")
+                    ready.append((staged, entry["name"]))
+            for staged, name in ready:  # all checked: now each entry appears whole, by an atomic rename
+                (cache_root / name).parent.mkdir(exist_ok=True)
+                os.replace(staged, cache_root / name)
+                report.placed.append(name)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
             if created and not report.placed:
                 shutil.rmtree(cache_root, ignore_errors=True)
             raise
-        shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     then = set(manifest.get("settings", []))
     try:
         now = set(_settings_rows(manifest["profile"], manifest.get("dataset")))

@@ -115,8 +115,8 @@ def locate(spec: DatasetSpec, data_dir: str | Path | None = None, download: bool
         found = spec.find(folder)
         if found is not None:
             return found
-    partial = [f"{folder} holds part of it but lacks {', '.join(spec.lacks(folder))}" for folder in looked
-               if spec.lacks(folder)]
+    partial = [f"{folder} holds part of it but lacks {', '.join(lacks)}" for folder in looked
+               if (lacks := spec.lacks(folder))]
     reason = "download=False"
     if download:
         target = looked[0] if named is not None else default_download_dir()
